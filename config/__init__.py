@@ -1,0 +1,1 @@
+"""Configuration of rum-llmobs-proxy: the one place that reads the environment."""

@@ -1,0 +1,148 @@
+"""Every setting of the proxy, read from RUM_PROXY_* environment variables and validated once."""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated
+
+from pydantic import AnyHttpUrl, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 §5.6.2 token
+_DOTTED_PATH = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
+
+
+class SessionSource(enum.StrEnum):
+    """Where in a request the RUM session ID may be found."""
+
+    BODY = "body"
+    QUERY = "query"
+    HEADER = "header"
+    BAGGAGE = "baggage"
+    COOKIE = "cookie"
+
+
+class LogFormat(enum.StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+DEFAULT_SOURCES = (
+    SessionSource.BODY,
+    SessionSource.QUERY,
+    SessionSource.HEADER,
+    SessionSource.BAGGAGE,
+    SessionSource.COOKIE,
+)
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    """The proxy's configuration. Environment variables are the field names upper-cased, prefixed RUM_PROXY_."""
+
+    model_config = SettingsConfigDict(env_prefix="RUM_PROXY_", frozen=True, extra="ignore")
+
+    upstream_url: AnyHttpUrl = Field(description="Base URL of the agent service the proxy forwards to (required).")
+    host: str = Field("0.0.0.0", description="Address the proxy listens on.")  # noqa: S104 - a sidecar serves the pod
+    port: int = Field(8080, ge=0, le=65535, description="Port the proxy listens on.")
+    admin_host: str = Field("0.0.0.0", description="Address of the admin server (health, readiness, metrics).")  # noqa: S104
+    admin_port: int = Field(8081, ge=0, le=65535, description="Port of the admin server.")
+
+    session_header: str = Field("x-rum-session-id", description="Header the validated session ID is forwarded in.")
+    sources: Annotated[tuple[SessionSource, ...], NoDecode] = Field(
+        DEFAULT_SOURCES,
+        description="Where to look for the session ID, in order of precedence; leave a source out to switch it off.",
+    )
+    body_fields: CommaList = Field(
+        ("session_id",), description="JSON body fields (dotted paths) or form fields holding the session ID."
+    )
+    query_params: CommaList = Field(("session_id",), description="Query parameters holding the session ID.")
+    header_names: CommaList = Field(("x-rum-session-id",), description="Request headers holding the session ID.")
+    max_inspect_bytes: int = Field(
+        1_048_576, ge=0, description="Largest JSON or form body buffered to look for the session ID."
+    )
+    propagate_baggage: bool = Field(True, description="Add session.id to the W3C baggage header forwarded upstream.")
+    preserve_host: bool = Field(True, description="Forward the client's Host header (else the upstream's host).")
+
+    connect_timeout_seconds: float = Field(5.0, gt=0, description="Time to open a connection to the upstream.")
+    idle_timeout_seconds: float = Field(
+        300.0, gt=0, description="Longest silence from the upstream (before or between response chunks)."
+    )
+    body_read_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Longest wait for the client's request body (whole inspected body, or between chunks).",
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="Concurrent upstream requests and WebSockets; more are refused with 503."
+    )
+    ws_max_message_bytes: int = Field(4_194_304, ge=1024, description="Largest WebSocket message relayed.")
+    shutdown_grace_seconds: float = Field(
+        25.0, ge=0, description="On SIGTERM, how long in-flight requests and streams may take to finish."
+    )
+
+    log_level: LogLevel = Field(LogLevel.INFO, description="debug, info, warning or error.")
+    log_format: LogFormat = Field(
+        LogFormat.AUTO, description="json, console, or auto (console on a TTY, JSON otherwise)."
+    )
+
+    _split = field_validator("sources", "body_fields", "query_params", "header_names", mode="before")(_split_commas)
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _no_query_in_upstream(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        if value.query or value.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value
+
+    @field_validator("session_header")
+    @classmethod
+    def _header_token(cls, value: str) -> str:
+        if not _HEADER_NAME.match(value):
+            raise ValueError(f"{value!r} is not a valid header name")
+        return value.lower()
+
+    @field_validator("header_names")
+    @classmethod
+    def _header_tokens(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            if not _HEADER_NAME.match(value):
+                raise ValueError(f"{value!r} is not a valid header name")
+        return tuple(v.lower() for v in values)
+
+    @field_validator("body_fields")
+    @classmethod
+    def _dotted_paths(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            if not _DOTTED_PATH.match(value):
+                raise ValueError(f"{value!r} is not a dotted field path")
+        return values
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_sources(cls, values: tuple[SessionSource, ...]) -> tuple[SessionSource, ...]:
+        if len(set(values)) != len(values):
+            raise ValueError("a source is listed twice")
+        return values
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        if self.port and self.port == self.admin_port:
+            raise ValueError("port and admin_port must differ")
+        return self

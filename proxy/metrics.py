@@ -1,0 +1,60 @@
+"""Prometheus/OpenMetrics metrics for operators, one registry per application."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+SESSION_SOURCES = ("body", "query", "header", "baggage", "cookie", "none")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "rum_proxy_requests",
+            "Requests answered, by HTTP status and by where the session ID was found.",
+            ("status", "session_source"),
+            registry=self.registry,
+        )
+        self.invalid_session_ids = Counter(
+            "rum_proxy_invalid_session_ids",
+            "Values that looked like a session ID but were not a valid one (ignored, never forwarded).",
+            ("source",),
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "rum_proxy_upstream_errors",
+            "Upstream failures: connect, timeout, protocol, truncated.",
+            ("kind",),
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "rum_proxy_request_duration_seconds",
+            "Time from request start to the end of the response (streams included).",
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        )
+        self.open_streams = Gauge(
+            "rum_proxy_open_streams", "Requests being forwarded right now.", registry=self.registry
+        )
+        self.open_websockets = Gauge(
+            "rum_proxy_open_websockets", "WebSockets being bridged right now.", registry=self.registry
+        )
+        # Label children resolved once: a label lookup per request would cost more than the increment.
+        self._invalid = {source: self.invalid_session_ids.labels(source) for source in SESSION_SOURCES}
+        self._requests: dict[tuple[int, str], Counter] = {}
+
+    def count_request(self, status: int, session_source: str, duration: float) -> None:
+        child = self._requests.get((status, session_source))
+        if child is None:
+            child = self._requests[(status, session_source)] = self.requests.labels(str(status), session_source)
+        child.inc()
+        self.request_duration.observe(duration)
+
+    def count_invalid(self, source: str) -> None:
+        self._invalid[source].inc()
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type

@@ -1,0 +1,156 @@
+"""Find the RUM session ID in a request's parts and decide whether it is a valid one."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import parse_qsl
+
+import orjson
+
+from config.settings import SessionSource
+from proxy.baggage import SESSION_KEY, baggage_value
+from proxy.cookies import rum_session_from_cookies
+
+__all__ = ["SessionSource", "Extraction", "SessionExtractor", "validate_session_id", "body_kind"]
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_UNICODE_ESCAPE = b"\\u"
+
+
+def validate_session_id(value: object) -> str | None:
+    """A RUM session ID is a UUID in canonical 8-4-4-4-12 form; return it lower-cased, or None if invalid."""
+    if isinstance(value, str) and len(value) == 36 and _UUID.fullmatch(value):
+        return value.lower()
+    return None
+
+
+class Headers(Protocol):
+    def getall(self, key: str, default: list[str]) -> list[str]: ...
+
+
+class Query(Protocol):
+    def get(self, key: str) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestParts:
+    """What extraction looks at; `body` is None when the body was not inspected."""
+
+    headers: Headers
+    query: Query
+    body: bytes | None
+    body_kind: str | None  # "json", "form" or None
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Extraction:
+    session_id: str | None
+    source: SessionSource | None
+    rejected: tuple[SessionSource, ...] = ()  # sources that carried a value that is not a valid ID
+
+
+NOT_FOUND = Extraction(None, None)
+
+
+def body_kind(content_type: str | None) -> str | None:
+    """Which inspectable body a Content-Type announces: "json", "form", or None (streamed uninspected)."""
+    if not content_type:
+        return None
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return "json"
+    if media_type == "application/x-www-form-urlencoded":
+        return "form"
+    return None
+
+
+def json_field(body: bytes, path: tuple[str, ...]) -> object | None:
+    """The value at a dotted path in a JSON object body, or None when absent or the body is not JSON."""
+    try:
+        node: object = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+class SessionExtractor:
+    """Looks through the configured sources in order of precedence; the first valid ID wins."""
+
+    def __init__(
+        self,
+        sources: Sequence[SessionSource],
+        *,
+        body_fields: Sequence[str],
+        query_params: Sequence[str],
+        header_names: Sequence[str],
+    ) -> None:
+        self.sources = tuple(sources)
+        self.inspects_body = SessionSource.BODY in self.sources
+        self._json_paths = tuple(tuple(field.split(".")) for field in body_fields)
+        self._json_keys = tuple(orjson.dumps(path[-1]) for path in self._json_paths)
+        self._form_fields = tuple(body_fields)
+        self._query_params = tuple(query_params)
+        self._header_names = tuple(header_names)
+        self._readers: dict[SessionSource, Callable[[RequestParts], Iterable[object]]] = {
+            SessionSource.BODY: self._from_body,
+            SessionSource.QUERY: self._from_query,
+            SessionSource.HEADER: self._from_headers,
+            SessionSource.BAGGAGE: self._from_baggage,
+            SessionSource.COOKIE: self._from_cookie,
+        }
+
+    def extract(self, parts: RequestParts) -> Extraction:
+        rejected: list[SessionSource] = []
+        for source in self.sources:
+            for raw in self._readers[source](parts):
+                session_id = validate_session_id(raw)
+                if session_id is not None:
+                    return Extraction(session_id, source, tuple(rejected))
+                if source not in rejected:
+                    rejected.append(source)
+        return Extraction(None, None, tuple(rejected)) if rejected else NOT_FOUND
+
+    def _from_body(self, parts: RequestParts) -> Iterable[object]:
+        body = parts.body
+        if not body:
+            return ()
+        if parts.body_kind == "json":
+            # Cheap pre-check: skip parsing a body that cannot contain any of the field names.
+            if _UNICODE_ESCAPE not in body and not any(key in body for key in self._json_keys):
+                return ()
+            return (value for path in self._json_paths if (value := json_field(body, path)) is not None)
+        if parts.body_kind == "form":
+            try:
+                fields = parse_qsl(body.decode("ascii"), keep_blank_values=True, errors="strict")
+            except (UnicodeDecodeError, ValueError):
+                return ()
+            return (value for name in self._form_fields for key, value in fields if key == name)
+        return ()
+
+    def _from_query(self, parts: RequestParts) -> Iterable[object]:
+        return (value for name in self._query_params if (value := parts.query.get(name)) is not None)
+
+    def _from_headers(self, parts: RequestParts) -> Iterable[object]:
+        return (value for name in self._header_names for value in parts.headers.getall(name, []))
+
+    def _from_baggage(self, parts: RequestParts) -> Iterable[object]:
+        headers = parts.headers.getall("baggage", [])
+        if not headers:
+            return ()
+        value = baggage_value(headers, SESSION_KEY)
+        return () if value is None else (value,)
+
+    def _from_cookie(self, parts: RequestParts) -> Iterable[object]:
+        headers = parts.headers.getall("cookie", [])
+        if not headers:
+            return ()
+        value = rum_session_from_cookies(headers, parts.now_ms)
+        return () if value is None else (value,)

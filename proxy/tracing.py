@@ -1,0 +1,62 @@
+"""The proxy's own ddtrace span: continue the browser's trace and carry the session into the agent's trace.
+
+The RUM SDK injects Datadog and W3C trace headers. The proxy continues that trace, tags its span with the
+session, and puts the ID in the trace context as `_dd.p.llmobs_sid`, which ddtrace (>= 4.13) propagates in
+`x-datadog-tags` and uses as the default LLMObs session_id of every LLMObs span of the trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ddtrace.propagation.http import HTTPPropagator
+from ddtrace.trace import Span, tracer
+
+LLMOBS_SESSION_TAG = "_dd.p.llmobs_sid"
+SPAN_NAME = "rum_proxy.request"
+
+
+class Tracing:
+    """Starts, propagates and finishes the proxy span; every method is a no-op when disabled."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def start(self, headers: Mapping[str, str], method: str, path: str) -> Span | None:
+        if not self.enabled:
+            return None
+        parent = HTTPPropagator.extract(headers)  # type: ignore[no-untyped-call]
+        span = tracer.start_span(
+            SPAN_NAME,
+            child_of=parent if parent.trace_id is not None else None,
+            resource=f"{method} {path}",
+            span_type="web",
+            activate=True,
+        )
+        span.set_tag("span.kind", "server")
+        span.set_tag("component", "rum-llmobs-proxy")
+        span.set_tag("http.method", method)
+        return span
+
+    @staticmethod
+    def propagate(span: Span | None, session_id: str | None, source: str | None) -> dict[str, str]:
+        """Tag the span and return the trace headers to forward (empty when tracing is off)."""
+        if span is None:
+            return {}
+        if session_id is not None:
+            span.set_tag("rum.session_id", session_id)
+            span.set_tag("rum.session_source", source)
+            span.context._meta[LLMOBS_SESSION_TAG] = session_id
+        headers: dict[str, str] = {}
+        HTTPPropagator.inject(span, headers)
+        return headers
+
+    @staticmethod
+    def finish(span: Span | None, status: int, error: str | None = None) -> None:
+        if span is None:
+            return
+        span.set_tag("http.status_code", str(status))
+        if error is not None:
+            span.error = 1
+            span.set_tag("error.message", error)
+        span.finish()

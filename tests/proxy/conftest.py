@@ -1,0 +1,173 @@
+"""A recording upstream (a real aiohttp server) and a factory for proxies in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestClient, TestServer
+
+from config.settings import Settings
+from proxy.app import create_app
+
+SESSION_ID = "9f3c2a4e-5b6d-4c7e-8f90-a1b2c3d4e5f6"
+OTHER_ID = "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d"
+
+
+@dataclass
+class Upstream:
+    """What the upstream saw, plus knobs tests use to synchronise with it."""
+
+    server: TestServer
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    sse_next: asyncio.Queue[None] = field(default_factory=asyncio.Queue)
+    ws_closed_with: asyncio.Future[int | None] | None = None
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("/")).rstrip("/")
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.requests[-1]
+
+
+def _record(upstream: Upstream, request: web.Request, body: bytes) -> dict[str, Any]:
+    seen = {
+        "method": request.method,
+        "raw_path": request.raw_path,
+        "headers": list(request.headers.items()),
+        "body": body,
+        "chunked": request.headers.get("Transfer-Encoding") == "chunked",
+        "peer": request.transport.get_extra_info("peername") if request.transport else None,
+    }
+    upstream.requests.append(seen)
+    return seen
+
+
+def build_upstream_app(upstream: Upstream) -> web.Application:
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen = _record(upstream, request, body)
+        return web.json_response(
+            {
+                "method": seen["method"],
+                "raw_path": seen["raw_path"],
+                "headers": seen["headers"],
+                "body_b64": base64.b64encode(body).decode(),
+            },
+            headers={"X-Upstream": "yes"},
+        )
+
+    async def sse(request: web.Request) -> web.StreamResponse:
+        _record(upstream, request, b"")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        for index in range(3):
+            await response.write(f"data: chunk {index}\n\n".encode())
+            if index < 2:
+                await upstream.sse_next.get()  # the test asks for the next chunk once it has this one
+        await response.write_eof()
+        return response
+
+    async def hold(request: web.Request) -> web.Response:
+        _record(upstream, request, b"")
+        upstream.entered.set()
+        try:
+            await upstream.release.wait()
+        except asyncio.CancelledError:
+            upstream.cancelled.set()
+            raise
+        return web.Response(text="released")
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        _record(upstream, request, b"")
+        socket = web.WebSocketResponse(protocols=("chat.v1",), autoping=False)
+        await socket.prepare(request)
+        async for message in socket:
+            if message.type is WSMsgType.TEXT:
+                if message.data == "close-me":
+                    await socket.close(code=4002, message=b"upstream says bye")
+                    break
+                await socket.send_str(f"echo:{message.data}")
+            elif message.type is WSMsgType.BINARY:
+                await socket.send_bytes(message.data[::-1])
+            elif message.type is WSMsgType.PING:
+                await socket.pong(message.data)
+        if upstream.ws_closed_with is not None and not upstream.ws_closed_with.done():
+            upstream.ws_closed_with.set_result(socket.close_code)
+        return socket
+
+    async def redirect(request: web.Request) -> web.Response:
+        _record(upstream, request, b"")
+        raise web.HTTPFound("/elsewhere", headers={"Set-Cookie": "a=1"})
+
+    async def cookies(request: web.Request) -> web.Response:
+        _record(upstream, request, b"")
+        response = web.Response(text="ok")
+        response.headers.add("Set-Cookie", "a=1; Path=/")
+        response.headers.add("Set-Cookie", "b=2; Path=/")
+        response.headers["Connection"] = "X-Secret"
+        response.headers["X-Secret"] = "hop-by-hop, must not reach the client"
+        return response
+
+    async def gzipped(request: web.Request) -> web.Response:
+        import gzip
+
+        _record(upstream, request, b"")
+        return web.Response(
+            body=gzip.compress(b"compressed payload"),
+            headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"},
+        )
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/sse", sse)
+    app.router.add_route("*", "/hold", hold)
+    app.router.add_get("/ws", ws)
+    app.router.add_route("*", "/redirect", redirect)
+    app.router.add_route("*", "/cookies", cookies)
+    app.router.add_route("*", "/gzip", gzipped)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+@pytest.fixture
+async def upstream() -> Any:
+    state = Upstream(server=None)  # type: ignore[arg-type]
+    server = TestServer(build_upstream_app(state), handler_cancellation=True)
+    state.server = server
+    await server.start_server()
+    yield state
+    await server.close()
+
+
+ProxyFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+def make_settings(upstream_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"upstream_url": upstream_url, "port": 0, "admin_port": 0}
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@pytest.fixture
+async def make_proxy(aiohttp_client: Any, upstream: Upstream) -> ProxyFactory:
+    async def factory(tracing: bool = False, upstream_url: str | None = None, **overrides: Any) -> Any:
+        settings = make_settings(upstream_url or upstream.url, **overrides)
+        app = create_app(settings, tracing_enabled=tracing)
+        return await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+
+    return factory
+
+
+@pytest.fixture
+async def proxy(make_proxy: ProxyFactory) -> Any:
+    return await make_proxy()

@@ -1,0 +1,158 @@
+"""The command line: configuration errors, --print-config, JSON logs, and draining on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from aiohttp import ClientConnectorError, ClientSession, WSMsgType
+
+from tests.proxy.conftest import SESSION_ID, Upstream
+from tests.support.processes import free_port, running
+
+HANG_GUARD = 20
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_bad_configuration_exits_2_with_one_line_per_problem() -> None:
+    result = run_cli(env={"RUM_PROXY_PORT": "eighty", "RUM_PROXY_SOURCES": "body,smoke-signals"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "rum-llmobs-proxy: configuration error: RUM_PROXY_UPSTREAM_URL: is required",
+        "rum-llmobs-proxy: configuration error: RUM_PROXY_PORT: Input should be a valid integer, "
+        "unable to parse string as an integer",
+        "rum-llmobs-proxy: configuration error: RUM_PROXY_SOURCES: Input should be 'body', 'query', 'header', "
+        "'baggage' or 'cookie'",
+    ]
+
+
+def test_print_config_shows_effective_settings() -> None:
+    result = run_cli(
+        "--print-config", env={"RUM_PROXY_UPSTREAM_URL": "http://agent:8000", "RUM_PROXY_SOURCES": "cookie"}
+    )
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert config["upstream_url"] == "http://agent:8000/"
+    assert config["sources"] == ["cookie"]
+    assert config["port"] == 8080 and config["admin_port"] == 8081
+
+
+def test_help_lists_every_setting() -> None:
+    from config.loader import env_name
+    from config.settings import Settings
+
+    result = run_cli("--help", env={})
+    assert result.returncode == 0
+    for field in Settings.model_fields:
+        assert env_name(field) in result.stdout
+
+
+def proxy_env(upstream: Upstream, port: int, admin_port: int, **extra: str) -> dict[str, str]:
+    return {
+        "RUM_PROXY_UPSTREAM_URL": upstream.url,
+        "RUM_PROXY_HOST": "127.0.0.1",
+        "RUM_PROXY_PORT": str(port),
+        "RUM_PROXY_ADMIN_HOST": "127.0.0.1",
+        "RUM_PROXY_ADMIN_PORT": str(admin_port),
+        "DD_TRACE_ENABLED": "false",
+        **extra,
+    }
+
+
+async def test_json_log_line_per_request(upstream: Upstream) -> None:
+    port, admin_port = free_port(), free_port()
+    with running(
+        "proxy",
+        [sys.executable, "-m", "proxy"],
+        env=proxy_env(upstream, port, admin_port),
+        ready_url=f"http://127.0.0.1:{admin_port}/readyz",
+    ) as process:
+        async with ClientSession() as client:
+            async with client.post(f"http://127.0.0.1:{port}/chat?secret=1", json={"session_id": SESSION_ID}) as r:
+                assert r.status == 200
+        process.popen.send_signal(signal.SIGTERM)
+        assert process.popen.wait(timeout=HANG_GUARD) == 0
+        lines = [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
+    request_lines = [line for line in lines if line["event"] == "request"]
+    assert len(request_lines) == 1
+    line = request_lines[0]
+    assert line["method"] == "POST"
+    assert line["path"] == "/chat"  # never the query string, never the body
+    assert line["status"] == 200
+    assert line["session_source"] == "body"
+    assert line["session_id"] == SESSION_ID
+    assert line["level"] == "info"
+    assert isinstance(line["duration_ms"], float)
+    assert [line["event"] for line in lines if line["event"] in {"listening", "draining", "stopped"}] == [
+        "listening",
+        "draining",
+        "stopped",
+    ]
+
+
+async def test_sigterm_drains_in_flight_work_then_exits_0(upstream: Upstream) -> None:
+    port, admin_port = free_port(), free_port()
+    env = proxy_env(upstream, port, admin_port, RUM_PROXY_SHUTDOWN_GRACE_SECONDS="15")
+    with running(
+        "proxy", [sys.executable, "-m", "proxy"], env=env, ready_url=f"http://127.0.0.1:{admin_port}/readyz"
+    ) as process:
+        async with asyncio.timeout(HANG_GUARD), ClientSession() as client:
+            in_flight = asyncio.ensure_future(client.get(f"http://127.0.0.1:{port}/hold"))
+            await upstream.entered.wait()
+            ws = await client.ws_connect(f"http://127.0.0.1:{port}/ws")
+
+            process.popen.send_signal(signal.SIGTERM)
+
+            closing = await ws.receive()
+            assert (closing.type, closing.data) == (WSMsgType.CLOSE, 1001)
+            async with client.get(f"http://127.0.0.1:{admin_port}/readyz") as ready:
+                assert ready.status == 503
+            try:
+                async with ClientSession() as fresh:
+                    await fresh.get(f"http://127.0.0.1:{port}/plain")
+                refused = False
+            except ClientConnectorError:
+                refused = True
+            assert refused, "a draining proxy must not accept new connections"
+
+            upstream.release.set()
+            response = await in_flight
+            assert response.status == 200
+            assert await response.text() == "released"
+        assert process.popen.wait(timeout=HANG_GUARD) == 0
+
+
+async def test_grace_period_ends_stuck_requests(upstream: Upstream) -> None:
+    port, admin_port = free_port(), free_port()
+    env = proxy_env(upstream, port, admin_port, RUM_PROXY_SHUTDOWN_GRACE_SECONDS="0.5")
+    with running(
+        "proxy", [sys.executable, "-m", "proxy"], env=env, ready_url=f"http://127.0.0.1:{admin_port}/readyz"
+    ) as process:
+        async with asyncio.timeout(HANG_GUARD), ClientSession() as client:
+            in_flight = asyncio.ensure_future(client.get(f"http://127.0.0.1:{port}/hold"))
+            await upstream.entered.wait()
+            process.popen.send_signal(signal.SIGTERM)
+            await upstream.cancelled.wait()  # the abandoned upstream call is stopped, not left running
+            try:
+                await in_flight
+            except Exception as exc:  # noqa: BLE001 - any client-side failure is the expected outcome
+                outcome: Any = exc
+            else:
+                outcome = None
+            assert outcome is not None
+        assert process.popen.wait(timeout=HANG_GUARD) == 0
