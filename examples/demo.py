@@ -62,7 +62,8 @@ Send a session ID the way the Datadog guide's frontend does, and see what the ag
 
 or only the RUM SDK's cookie (no frontend change):
 
-  curl -s http://127.0.0.1:{PROXY_PORT}/chat -b "_dd_s=rum=1&id={SESSION_ID}&created=$(date +%s000)&expire=$(( $(date +%s) + 900 ))000"
+  curl -s http://127.0.0.1:{PROXY_PORT}/chat \\
+       -b "_dd_s=rum=1&id={SESSION_ID}&created=$(date +%s000)&expire=$(( $(date +%s) + 900 ))000"
 
 Look for "received_session_id" and the baggage header. Ctrl-C stops everything.
 """,
@@ -72,6 +73,7 @@ Look for "received_session_id" and the baggage header. Ctrl-C stops everything.
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave children behind
         for process in (proxy, upstream):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

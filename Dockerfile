@@ -1,0 +1,49 @@
+# syntax=docker/dockerfile:1
+# rum-llmobs-proxy image. One image, two roles:
+#   - the proxy sidecar (default entrypoint `rum-llmobs-proxy`);
+#   - the init container that copies the agent-side hook out of /opt/rum-llmobs-hook
+#     (command: cp -R /opt/rum-llmobs-hook/. /rum-llmobs-hook/).
+# Build: docker build -t rum-llmobs-proxy:0.1.0 .   (see deploy/README.md)
+#
+# The base is Python 3.11 because requirements.lock is resolved for 3.11 (deploy/lock.sh);
+# change both together. Pin it by digest in your own registry for bit-for-bit rebuilds.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Dependencies first (exact versions, sha256-checked) so this layer survives code edits.
+COPY requirements.lock ./
+RUN pip install --no-deps --require-hashes -r requirements.lock
+COPY pyproject.toml README.md ./
+COPY proxy/ proxy/
+COPY config/ config/
+RUN pip install --no-deps . \
+    && pip check
+
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="rum-llmobs-proxy" \
+      org.opencontainers.image.description="Sidecar proxy linking Datadog RUM sessions to LLM Observability traces" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# Numeric, fixed IDs so Kubernetes runAsNonRoot can verify them without /etc/passwd lookups.
+RUN groupadd --system --gid 10001 rumproxy \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin rumproxy
+COPY --from=build /opt/venv /opt/venv
+# The hook is plain source for the *agent's* interpreter: any Python the agent runs, not this one.
+COPY hook/sitecustomize.py hook/rum_llmobs_hook.py /opt/rum-llmobs-hook/
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8080 8081
+# Liveness only (/healthz does no I/O). Kubernetes ignores HEALTHCHECK: it uses the probes.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('RUM_PROXY_ADMIN_PORT', '8081') + '/healthz', timeout=2)"]
+# Exec form: the proxy is PID 1 and receives SIGTERM itself (it drains, then exits 0).
+ENTRYPOINT ["rum-llmobs-proxy"]

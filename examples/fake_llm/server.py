@@ -1,0 +1,85 @@
+"""A deterministic OpenAI-compatible chat completions server (JSON and stream=true SSE) for tests and demos."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+MODEL = "fake-gpt"
+
+
+def answer_for(messages: list[dict[str, Any]]) -> str:
+    """The same question always gets the same answer."""
+    last = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "")
+    return f"You said: {last}" if isinstance(last, str) else "You said something."
+
+
+def _usage(prompt: str, answer: str) -> dict[str, int]:
+    p, c = len(prompt.split()), len(answer.split())
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    messages = body.get("messages") or []
+    answer = answer_for(messages)
+    prompt = " ".join(str(m.get("content", "")) for m in messages)
+    base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body.get("model", MODEL)}
+    if not body.get("stream"):
+        return web.json_response(
+            {
+                **base,
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+                "usage": _usage(prompt, answer),
+            }
+        )
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    chunk = {**base, "object": "chat.completion.chunk"}
+
+    async def send(payload: dict[str, Any]) -> None:
+        await response.write(f"data: {json.dumps(payload)}\n\n".encode())
+
+    await send({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
+    for word in answer.split(" "):
+        delta = {"content": word + " "}
+        await send({**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+    await send({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    if (body.get("stream_options") or {}).get("include_usage"):
+        await send({**chunk, "choices": [], "usage": _usage(prompt, answer)})
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "fake"}]})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def create_app() -> web.Application:
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    web.run_app(create_app(), host=args.host, port=args.port, print=None)
+
+
+if __name__ == "__main__":
+    main()

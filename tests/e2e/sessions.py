@@ -1,0 +1,93 @@
+"""Send a chat request carrying a RUM session ID in one of the browser's ways, and check the LLMObs spans."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from tests.support.testagent import TestAgent, session_id_of, tags_of
+
+SOURCES = ("body", "query", "header", "baggage", "cookie")
+WORKFLOW_TOOL_LLM = frozenset({"workflow", "tool", "llm"})
+
+
+def new_session_id() -> str:
+    return str(uuid.uuid4())
+
+
+def rum_cookie(session_id: str) -> str:
+    now = int(time.time() * 1000)
+    return f"_dd_s=rum=2&id={session_id}&created={now}&expire={now + 15 * 60 * 1000}"
+
+
+def chat(
+    base_url: str,
+    path: str,
+    session_id: str | None,
+    source: str,
+    *,
+    stream: bool = False,
+    extra_body: dict[str, Any] | None = None,
+    extra_headers: dict[str, str] | None = None,
+    marker: str | None = None,
+) -> str:
+    message = f"How long is shipping? ({marker or session_id})"
+    body: dict[str, Any] = {"message": message, "stream": stream, **(extra_body or {})}
+    headers = {"Content-Type": "application/json", **(extra_headers or {})}
+    url = base_url + path
+    if session_id is not None:
+        if source == "body":
+            body["session_id"] = session_id
+        elif source == "query":
+            url += f"?session_id={session_id}"
+        elif source == "header":
+            headers["x-rum-session-id"] = session_id
+        elif source == "baggage":
+            headers["baggage"] = f"session.id={session_id}"
+        elif source == "cookie":
+            headers["Cookie"] = rum_cookie(session_id)
+        else:
+            raise ValueError(source)
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+        text: str = response.read().decode()
+    assert "You said: How long is shipping?" in text
+    return text
+
+
+def _traces_of(events: Iterable[dict[str, Any]], session_id: str) -> set[str]:
+    return {str(e.get("trace_id")) for e in events if session_id_of(e) == session_id}
+
+
+def spans_of_session(events: list[dict[str, Any]], session_id: str) -> list[dict[str, Any]]:
+    """Every LLMObs span of the LLMObs traces in which ``session_id`` appears."""
+    traces = _traces_of(events, session_id)
+    return [e for e in events if str(e.get("trace_id")) in traces]
+
+
+def kind_of(event: dict[str, Any]) -> str:
+    return str(((event.get("meta") or {}).get("span") or {}).get("kind", ""))
+
+
+def wait_for_session(
+    test_agent: TestAgent, session_id: str, kinds: frozenset[str] = WORKFLOW_TOOL_LLM, timeout: float = 20.0
+) -> list[dict[str, Any]]:
+    """Bounded poll until every expected span kind of the request arrived carrying ``session_id``."""
+
+    def complete(events: list[dict[str, Any]]) -> bool:
+        spans = spans_of_session(events, session_id)
+        return kinds <= {kind_of(e) for e in spans} and all(session_id_of(e) == session_id for e in spans)
+
+    return spans_of_session(test_agent.wait_for_llmobs_spans(complete, timeout=timeout), session_id)
+
+
+def assert_every_span_has_session(spans: list[dict[str, Any]], session_id: str, kinds: frozenset[str]) -> None:
+    summary = [(e.get("name"), kind_of(e), session_id_of(e)) for e in spans]
+    assert kinds <= {kind_of(e) for e in spans}, summary
+    assert all(session_id_of(e) == session_id for e in spans), summary
+    assert all(tags_of(e).get("session_id") == session_id for e in spans), summary
