@@ -251,10 +251,6 @@ def test_lock_python_matches_base_image(instructions: list[Instruction]) -> None
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(
-    os.environ.get("RUM_PROXY_TEST_PYPI") != "1",
-    reason="downloads the locked dependencies from the package index; set RUM_PROXY_TEST_PYPI=1",
-)
 def test_dockerfile_pip_commands_build_a_working_venv(instructions: list[Instruction], tmp_path: Path) -> None:
     """Runs the build stage's RUN pip commands, in order, in a fresh venv over a copy of the context."""
     context = tmp_path / "context"
@@ -270,7 +266,7 @@ def test_dockerfile_pip_commands_build_a_working_venv(instructions: list[Instruc
     venv_dir = tmp_path / "venv"
     venv.create(venv_dir, with_pip=True)
     bin_dir = venv_dir / "bin"
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PIP_NO_CACHE_DIR": "1"}
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     runs = [args for kw, args in stages(instructions)[0] if kw == "RUN" and "pip " in args]
     for run in runs:
         for command in run.split("&&"):
@@ -280,10 +276,12 @@ def test_dockerfile_pip_commands_build_a_working_venv(instructions: list[Instruc
             assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     assert (bin_dir / "rum-llmobs-proxy").exists()
     check = subprocess.run(
-        [str(bin_dir / "python"), "-c", "import proxy, config, aiohttp, ddtrace"],
+        [str(bin_dir / "rum-llmobs-proxy"), "--print-config"],
         cwd=tmp_path,
+        env={"PATH": env["PATH"], "RUM_PROXY_UPSTREAM_URL": "http://agent:8000"},
         capture_output=True,
         text=True,
         check=False,
     )
     assert check.returncode == 0, check.stderr
+    assert '"upstream_url": "http://agent:8000/"' in check.stdout
