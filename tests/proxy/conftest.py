@@ -171,3 +171,14 @@ async def make_proxy(aiohttp_client: Any, upstream: Upstream) -> ProxyFactory:
 @pytest.fixture
 async def proxy(make_proxy: ProxyFactory) -> Any:
     return await make_proxy()
+
+
+async def metric(client: Any, sample: str) -> float | None:
+    """The value of one sample line of the proxy's /metrics output, e.g. `name{label="x"}`."""
+    from proxy.keys import METRICS
+
+    body, _ = client.server.app[METRICS].render(None)
+    for line in body.decode().splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None

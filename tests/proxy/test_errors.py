@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientPayloadError
 
-from tests.proxy.conftest import Upstream
+from tests.proxy.conftest import Upstream, metric
 
 HANG_GUARD = 10
 
@@ -59,6 +59,7 @@ async def test_unreachable_upstream_is_502_with_json(make_proxy: Any) -> None:
     body = await resp.json()
     assert body["error"] == "upstream_unavailable"
     assert body["status"] == 502
+    assert await metric(client, 'rum_proxy_upstream_errors_total{kind="connect"}') == 1.0
 
 
 async def test_silent_upstream_is_504(make_proxy: Any, upstream: Upstream) -> None:
@@ -67,6 +68,7 @@ async def test_silent_upstream_is_504(make_proxy: Any, upstream: Upstream) -> No
         resp = await client.get("/hold")
     assert resp.status == 504
     assert (await resp.json())["error"] == "upstream_timeout"
+    assert await metric(client, 'rum_proxy_upstream_errors_total{kind="timeout"}') == 1.0
 
 
 async def test_malformed_upstream_response_is_502(make_proxy: Any, raw_upstream: Any) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, DummyCookieJar
 
-from tests.proxy.conftest import OTHER_ID, SESSION_ID, Upstream
+from tests.proxy.conftest import OTHER_ID, SESSION_ID, Upstream, metric
 
 
 def seen_headers(data: dict[str, Any]) -> dict[str, list[str]]:
@@ -188,17 +188,7 @@ async def test_id_from_each_source_is_forwarded_three_ways(
     headers = seen_headers(await resp.json())
     assert headers["x-rum-session-id"] == [SESSION_ID]
     assert f"session.id={SESSION_ID}" in headers["baggage"][0]
-    assert await _metric(proxy, f'rum_proxy_requests_total{{session_source="{source}",status="200"}}') == 1.0
-
-
-async def _metric(proxy: Any, sample: str) -> float | None:
-    from proxy.keys import METRICS
-
-    body, _ = proxy.server.app[METRICS].render(None)
-    for line in body.decode().splitlines():
-        if line.startswith(sample):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+    assert await metric(proxy, f'rum_proxy_requests_total{{session_source="{source}",status="200"}}') == 1.0
 
 
 @pytest.mark.parametrize(
@@ -215,7 +205,7 @@ async def test_invalid_id_is_never_forwarded_but_the_request_is(proxy: Any, upst
 
 async def test_wrong_json_type_is_counted_as_invalid(proxy: Any, upstream: Upstream) -> None:
     await proxy.post("/chat", json={"session_id": 12345})
-    assert await _metric(proxy, 'rum_proxy_invalid_session_ids_total{source="body"}') == 1.0
+    assert await metric(proxy, 'rum_proxy_invalid_session_ids_total{source="body"}') == 1.0
 
 
 async def test_sources_can_be_switched_off_and_reordered(make_proxy: Any, upstream: Upstream) -> None:

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from proxy.websocket import sendable_close_code
-from tests.proxy.conftest import OTHER_ID, SESSION_ID, Upstream
+from tests.proxy.conftest import OTHER_ID, SESSION_ID, Upstream, metric
 
 HANG_GUARD = 10
 
@@ -27,6 +27,20 @@ async def test_echo_text_binary_ping_and_subprotocol(proxy: Any, upstream: Upstr
         pong = await ws.receive()
         assert (pong.type, pong.data) == (WSMsgType.PONG, b"are-you-there")
         await ws.close()
+
+
+async def test_open_websockets_are_counted(proxy: Any, upstream: Upstream) -> None:
+    async with asyncio.timeout(HANG_GUARD):
+        ws = await proxy.ws_connect("/ws")
+        await ws.send_str("hi")
+        await ws.receive()
+        assert await metric(proxy, "rum_proxy_open_websockets") == 1.0
+        await ws.close()
+        for _ in range(1000):  # let the proxy's handler finish its cleanup: yields to the loop, no timed sleep
+            if await metric(proxy, "rum_proxy_open_websockets") == 0.0:
+                break
+            await asyncio.sleep(0)
+    assert await metric(proxy, "rum_proxy_open_websockets") == 0.0
 
 
 async def test_client_close_code_reaches_the_upstream(proxy: Any, upstream: Upstream) -> None:
