@@ -7,8 +7,12 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
 	&& { command -v $$p; break; }; done)
 STAMP := $(VENV)/.installed
+WEB := examples/demo/web
+NODE_STAMP := $(WEB)/node_modules/.package-lock.json
+# Debian packages: apt-get as root, else sudo.
+APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: test lint typecheck unit demo bench clean
+.PHONY: test lint typecheck unit browser-deps demo bench clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required" >&2; exit 1; }
@@ -17,6 +21,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	@touch $(STAMP)
 
+# The real @datadog/browser-rum bundles (v5, v6, v7) for the demo page and the browser tests.
+$(NODE_STAMP): $(WEB)/package.json $(WEB)/package-lock.json
+	command -v npm >/dev/null || { $(APT) update -qq && $(APT) install -y -qq nodejs npm; }
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+
+# Real Chromium from Debian for the browser tests (a test tool's own browser download cannot work offline).
+browser-deps: $(NODE_STAMP)
+	test -x /usr/bin/chromium || { $(APT) update -qq && $(APT) install -y -qq chromium; }
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -24,17 +37,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-test: lint typecheck
+test: lint typecheck browser-deps
 	$(PY) -m pytest
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/proxy -m "not integration"
 
-demo: $(STAMP)
-	$(PY) examples/demo.py
+demo: $(STAMP) $(NODE_STAMP)
+	$(PY) examples/demo/run.py
 
+# Throughput against direct and nginx in one run (needs nginx and wrk from Debian).
 bench: $(STAMP)
-	$(PY) bench/run.py
+	command -v nginx >/dev/null && command -v wrk >/dev/null || { $(APT) update -qq && $(APT) install -y -qq nginx-light wrk; }
+	$(PY) bench/run.py --write
+	$(PY) bench/hook_overhead.py --write
 
 clean:
-	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache .pytest_cache .hypothesis $(WEB)/node_modules

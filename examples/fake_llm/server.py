@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 MODEL = "fake-gpt"
+CHUNK_DELAY = web.AppKey("chunk_delay", float)
 
 
 def answer_for(messages: list[dict[str, Any]]) -> str:
@@ -47,6 +49,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
     await send({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
     for word in answer.split(" "):
+        if delay := request.app.get(CHUNK_DELAY, 0.0):
+            await asyncio.sleep(delay)  # pace the stream like a real model (demo only)
         delta = {"content": word + " "}
         await send({**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
     await send({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
@@ -65,8 +69,9 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def create_app() -> web.Application:
+def create_app(chunk_delay: float = 0.0) -> web.Application:
     app = web.Application()
+    app[CHUNK_DELAY] = chunk_delay
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/healthz", healthz)
@@ -77,8 +82,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed words")
     args = parser.parse_args()
-    web.run_app(create_app(), host=args.host, port=args.port, print=None)
+    web.run_app(create_app(args.chunk_delay), host=args.host, port=args.port, print=None)
 
 
 if __name__ == "__main__":
