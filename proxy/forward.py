@@ -184,8 +184,7 @@ class Forwarder:
             duration = time.monotonic() - started
             source = _source(extraction) or "none"
             self._metrics.count_request(status, source, duration)
-            self._tracing.finish(span, status, error)
-            logger.info(
+            logger.info(  # while the span is still active, so the line carries its trace ids
                 "request",
                 method=request.method,
                 path=request.path,
@@ -194,6 +193,7 @@ class Forwarder:
                 session_source=source,
                 session_id=extraction.session_id,
             )
+            self._tracing.finish(span, status, error)
 
     async def _forward(self, request: web.Request, span: Any) -> tuple[web.StreamResponse, Extraction]:
         body: bytes | None = None

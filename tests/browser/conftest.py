@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import REPO, VENV_PYTHON, free_port, running
-from tests.support.testagent import TestAgent, run_test_agent
+from tests.support.testagent import TestAgent
 
 from .cdp import CHROMIUM_FLAGS, wait_for_devtools_url
 
@@ -60,12 +60,6 @@ def browser_ws_url() -> Iterator[str]:
         argv = [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"]
         with running("chromium", argv):
             yield wait_for_devtools_url(Path(profile))
-
-
-@pytest.fixture(scope="session")
-def test_agent() -> Iterator[TestAgent]:
-    with run_test_agent() as agent:
-        yield agent
 
 
 @pytest.fixture(scope="session")

@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import REPO, VENV_PYTHON, free_port, running
-from tests.support.testagent import TestAgent, run_test_agent
+from tests.support.testagent import TestAgent
 
 AGENTS = REPO / "examples" / "agents"
 HOOK_DIR = REPO / "hook"
-
-
-@pytest.fixture(scope="session")
-def test_agent() -> Iterator[TestAgent]:
-    with run_test_agent() as agent:
-        yield agent
 
 
 @pytest.fixture(scope="session")

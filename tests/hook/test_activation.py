@@ -74,3 +74,22 @@ def test_disabled_by_environment() -> None:
     code = "import ddtrace, rum_llmobs_hook as h; print(h.install())"
     result = _run([str(VENV_PYTHON), "-c", code], [HOOK], RUM_LLMOBS_HOOK_ENABLED="false")
     assert result.stdout.strip() == "False"
+
+
+def test_pip_installed_hook_activates_with_one_import(tmp_path: Path) -> None:
+    """`pip install ./hook` installs only the module (never a sitecustomize); `install()` activates it."""
+    target = tmp_path / "site"
+    build = subprocess.run(
+        [str(VENV_PYTHON), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(HOOK)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    assert (target / "rum_llmobs_hook.py").exists()
+    assert not (target / "sitecustomize.py").exists()
+    code = "import ddtrace.auto, rum_llmobs_hook as h\nprint(h.install(), h.__file__)\n"
+    result = _run([str(VENV_PYTHON), "-c", code], [target], DD_LLMOBS_ENABLED="1", DD_LLMOBS_ML_APP="t")
+    assert result.returncode == 0, result.stderr
+    installed, path = result.stdout.split()
+    assert installed == "True"
+    assert Path(path).parent == target

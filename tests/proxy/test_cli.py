@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import ClientConnectorError, ClientSession, WSMsgType
 
 from tests.proxy.conftest import SESSION_ID, Upstream
-from tests.support.processes import free_port, running
+from tests.support.processes import Process, free_port, running
+from tests.support.testagent import TestAgent
 
 HANG_GUARD = 20
 
@@ -62,8 +65,11 @@ def test_help_lists_every_setting() -> None:
         assert env_name(field) in result.stdout
 
 
-def proxy_env(upstream: Upstream, port: int, admin_port: int, **extra: str) -> dict[str, str]:
-    return {
+@contextlib.contextmanager
+def proxy_process(upstream: Upstream, **extra: str) -> Iterator[tuple[Process, int, int]]:
+    """The real proxy (`python -m proxy`) in front of `upstream`; yields it with its proxy and admin ports."""
+    port, admin_port = free_port(), free_port()
+    env = {
         "RUM_PROXY_UPSTREAM_URL": upstream.url,
         "RUM_PROXY_HOST": "127.0.0.1",
         "RUM_PROXY_PORT": str(port),
@@ -72,16 +78,13 @@ def proxy_env(upstream: Upstream, port: int, admin_port: int, **extra: str) -> d
         "DD_TRACE_ENABLED": "false",
         **extra,
     }
+    argv = [sys.executable, "-m", "proxy"]
+    with running("proxy", argv, env=env, ready_url=f"http://127.0.0.1:{admin_port}/readyz") as process:
+        yield process, port, admin_port
 
 
 async def test_json_log_line_per_request(upstream: Upstream) -> None:
-    port, admin_port = free_port(), free_port()
-    with running(
-        "proxy",
-        [sys.executable, "-m", "proxy"],
-        env=proxy_env(upstream, port, admin_port),
-        ready_url=f"http://127.0.0.1:{admin_port}/readyz",
-    ) as process:
+    with proxy_process(upstream) as (process, port, _):
         async with ClientSession() as client:
             async with client.post(f"http://127.0.0.1:{port}/chat?secret=1", json={"session_id": SESSION_ID}) as r:
                 assert r.status == 200
@@ -106,11 +109,7 @@ async def test_json_log_line_per_request(upstream: Upstream) -> None:
 
 
 async def test_sigterm_drains_in_flight_work_then_exits_0(upstream: Upstream) -> None:
-    port, admin_port = free_port(), free_port()
-    env = proxy_env(upstream, port, admin_port, RUM_PROXY_SHUTDOWN_GRACE_SECONDS="15")
-    with running(
-        "proxy", [sys.executable, "-m", "proxy"], env=env, ready_url=f"http://127.0.0.1:{admin_port}/readyz"
-    ) as process:
+    with proxy_process(upstream, RUM_PROXY_SHUTDOWN_GRACE_SECONDS="15") as (process, port, admin_port):
         async with asyncio.timeout(HANG_GUARD), ClientSession() as client:
             in_flight = asyncio.ensure_future(client.get(f"http://127.0.0.1:{port}/hold"))
             await upstream.entered.wait()
@@ -138,11 +137,7 @@ async def test_sigterm_drains_in_flight_work_then_exits_0(upstream: Upstream) ->
 
 
 async def test_grace_period_ends_stuck_requests(upstream: Upstream) -> None:
-    port, admin_port = free_port(), free_port()
-    env = proxy_env(upstream, port, admin_port, RUM_PROXY_SHUTDOWN_GRACE_SECONDS="0.5")
-    with running(
-        "proxy", [sys.executable, "-m", "proxy"], env=env, ready_url=f"http://127.0.0.1:{admin_port}/readyz"
-    ) as process:
+    with proxy_process(upstream, RUM_PROXY_SHUTDOWN_GRACE_SECONDS="0.5") as (process, port, admin_port):
         async with asyncio.timeout(HANG_GUARD), ClientSession() as client:
             in_flight = asyncio.ensure_future(client.get(f"http://127.0.0.1:{port}/hold"))
             await upstream.entered.wait()
@@ -156,3 +151,19 @@ async def test_grace_period_ends_stuck_requests(upstream: Upstream) -> None:
                 outcome = None
             assert outcome is not None
         assert process.popen.wait(timeout=HANG_GUARD) == 0
+
+
+async def test_log_line_carries_the_trace_ids_when_tracing(upstream: Upstream, test_agent: TestAgent) -> None:
+    """With ddtrace on, the request line has dd.trace_id/dd.span_id of the proxy span that went upstream."""
+    with proxy_process(upstream, DD_TRACE_ENABLED="true", DD_TRACE_AGENT_URL=test_agent.url) as (process, port, _):
+        async with ClientSession() as client:
+            async with client.get(f"http://127.0.0.1:{port}/chat", params={"session_id": SESSION_ID}) as response:
+                assert response.status == 200
+        process.popen.send_signal(signal.SIGTERM)
+        assert process.popen.wait(timeout=HANG_GUARD) == 0
+        lines = [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
+    line = next(line for line in lines if line.get("event") == "request")
+    forwarded = {name.lower(): value for name, value in upstream.last["headers"]}
+    # ddtrace logs 128-bit trace ids in hex; x-datadog-trace-id carries the low 64 bits in decimal.
+    assert int(line["dd.trace_id"], 16) & (2**64 - 1) == int(forwarded["x-datadog-trace-id"])
+    assert int(line["dd.span_id"]) == int(forwarded["x-datadog-parent-id"])

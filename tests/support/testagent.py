@@ -43,7 +43,7 @@ class TestAgent:
         events: dict[str, dict[str, Any]] = {}
         for request in self.requests():
             for event in decode_llmobs_request(request):
-                events.setdefault(str(event.get("span_id")), event)
+                events.setdefault(_span_key(event), event)
         return list(events.values())
 
     def wait_for_llmobs_spans(
@@ -58,6 +58,12 @@ class TestAgent:
             time.sleep(0.1)  # poll interval while another process flushes
             events = self.llmobs_span_events()
         return events
+
+
+def _span_key(event: dict[str, Any]) -> str:
+    """LLMObs span id: events riding APM traces carry none of their own; the APM span's id is the same number."""
+    span_id = event.get("span_id") or (event.get("_apm_span") or {}).get("span_id")
+    return str(span_id)
 
 
 def _body(request: dict[str, Any]) -> bytes:
