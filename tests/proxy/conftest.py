@@ -128,7 +128,13 @@ def build_upstream_app(upstream: Upstream) -> web.Application:
             headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"},
         )
 
+    async def status(request: web.Request) -> web.Response:
+        _record(upstream, request, await request.read())
+        code = int(request.match_info["code"])
+        return web.Response(status=code, headers={"ETag": '"v1"', "X-Status": str(code)})
+
     app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/status/{code:\\d+}", status)
     app.router.add_route("*", "/sse", sse)
     app.router.add_route("*", "/hold", hold)
     app.router.add_get("/ws", ws)

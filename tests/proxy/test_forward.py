@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -223,3 +224,44 @@ async def test_custom_forward_header(make_proxy: Any, upstream: Upstream) -> Non
     resp = await client.get("/chat", params={"session_id": SESSION_ID}, headers={"X-Browser-Session": "forged"})
     headers = seen_headers(await resp.json())
     assert headers["x-browser-session"] == [SESSION_ID]
+
+
+@pytest.mark.parametrize("code", [204, 304, 404, 500, 503])
+async def test_status_codes_pass_through(proxy: Any, upstream: Upstream, code: int) -> None:
+    resp = await proxy.get(f"/status/{code}")
+    assert resp.status == code
+    assert resp.headers["X-Status"] == str(code)
+    assert resp.headers["ETag"] == '"v1"'
+    assert await resp.read() == b""
+
+
+async def test_http_1_0_client_gets_a_complete_response(proxy: Any, upstream: Upstream) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /sse HTTP/1.0\r\nHost: x\r\n\r\n")
+    for _ in range(2):
+        upstream.sse_next.put_nowait(None)  # let the upstream stream all three events
+    async with asyncio.timeout(10):
+        answer = await reader.read()  # HTTP/1.0 without Content-Length: the end of the body is the close
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200")
+    assert b"chunked" not in head.lower()
+    assert body == b"data: chunk 0\n\ndata: chunk 1\n\ndata: chunk 2\n\n"
+
+
+async def test_expect_100_continue(proxy: Any, upstream: Upstream) -> None:
+    body = b'{"session_id": "' + SESSION_ID.encode() + b'"}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(
+        b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+    )
+    async with asyncio.timeout(10):
+        interim = await reader.readuntil(b"\r\n\r\n")
+        assert interim.startswith(b"HTTP/1.1 100 Continue")
+        writer.write(body)
+        answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert base64.b64decode(json.loads(answer.partition(b"\r\n\r\n")[2])["body_b64"]) == body
+    assert "expect" not in {name.lower() for name, _ in upstream.last["headers"]}
