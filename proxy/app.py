@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from config.settings import Settings
 from proxy.forward import Forwarder
@@ -23,10 +23,10 @@ def create_app(settings: Settings, *, tracing_enabled: bool | None = None) -> we
     app = web.Application(client_max_size=settings.max_inspect_bytes + 1)
     metrics = Metrics()
 
-    def session() -> object:
-        return app[UPSTREAM_SESSION]
+    def session() -> ClientSession:
+        return app[UPSTREAM_SESSION]  # created by the upstream_session cleanup context at startup
 
-    websockets = WebSocketBridge(session, metrics, settings.ws_max_message_bytes)  # type: ignore[arg-type]
+    websockets = WebSocketBridge(session, metrics, settings.ws_max_message_bytes)
     forwarder = Forwarder(
         settings,
         session_getter=session,

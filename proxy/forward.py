@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 from aiohttp import (
@@ -33,6 +32,8 @@ from aiohttp import (
     StreamReader,
     web,
 )
+from ddtrace.trace import Span
+from multidict import CIMultiDict
 from yarl import URL
 
 from config.settings import Settings
@@ -82,7 +83,7 @@ class Forwarder:
         self,
         settings: Settings,
         *,
-        session_getter: Any,
+        session_getter: Callable[[], ClientSession],
         metrics: Metrics,
         tracing: Tracing,
         websockets: WebSocketBridge,
@@ -128,7 +129,7 @@ class Forwarder:
 
     def upstream_headers(
         self, request: web.BaseRequest, extraction: Extraction, trace_headers: dict[str, str], websocket: bool
-    ) -> Any:
+    ) -> CIMultiDict[str]:
         return upstream_request_headers(
             request.headers,
             session_header=self._session_header,
@@ -195,7 +196,7 @@ class Forwarder:
             )
             self._tracing.finish(span, status, error)
 
-    async def _forward(self, request: web.Request, span: Any) -> tuple[web.StreamResponse, Extraction]:
+    async def _forward(self, request: web.Request, span: Span | None) -> tuple[web.StreamResponse, Extraction]:
         body: bytes | None = None
         data: bytes | AsyncIterator[bytes] | None = None
         if request.body_exists:
@@ -220,7 +221,7 @@ class Forwarder:
         extraction = self.find_session(request, body)
         trace_headers = self._tracing.propagate(span, extraction.session_id, _source(extraction))
         headers = self.upstream_headers(request, extraction, trace_headers, websocket=False)
-        session: ClientSession = self._session_getter()
+        session = self._session_getter()
         try:
             upstream = await session.request(
                 request.method, self.upstream_url(request), headers=headers, data=data, allow_redirects=False
