@@ -144,3 +144,30 @@ async def test_requests_over_the_limit_are_shed_with_503(make_proxy: Any, upstre
         first = await held
         assert first.status == 200
         assert (await client.get("/plain")).status == 200
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"GARBAGE\r\n\r\n", id="not-http"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", id="space-in-header-name"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n", id="nul-in-value"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", id="huge-header"),
+        pytest.param(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", id="bad-chunk-size"),
+        pytest.param(
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", id="two-lengths"
+        ),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\n folded: continuation\r\n\r\n", id="obs-fold"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nx-rum-session-id: 1\rx\r\n\r\n", id="bare-cr"),
+    ],
+)
+async def test_malformed_requests_get_400_and_the_proxy_keeps_serving(
+    proxy: Any, upstream: Upstream, raw: bytes
+) -> None:
+    async with asyncio.timeout(HANG_GUARD):
+        answer = await raw_exchange(proxy.port, raw)
+        status_line = answer.split(b"\r\n", 1)[0]
+        assert status_line.split(b" ")[1] in {b"400", b"413", b"431"}, status_line
+        assert upstream.requests == []
+        ok = await proxy.get("/still-alive")
+        assert ok.status == 200
