@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import structlog
 from aiohttp import (
@@ -76,6 +77,15 @@ async def stream_body(prefix: bytes, content: StreamReader, idle_timeout: float)
         yield chunk
 
 
+@dataclass(slots=True)
+class Outcome:
+    """What the request line reports, filled in as the request goes."""
+
+    extraction: Extraction = NOT_FOUND
+    status: int = CLIENT_CLOSED_REQUEST
+    error: str | None = None
+
+
 class Forwarder:
     """Everything a request needs, resolved once at startup; `handle` is the proxy's only route."""
 
@@ -127,9 +137,12 @@ class Forwarder:
             logger.debug("invalid_session_id", source=source.value, path=request.path)
         return extraction
 
-    def upstream_headers(
-        self, request: web.BaseRequest, extraction: Extraction, trace_headers: dict[str, str], websocket: bool
+    def prepare_upstream(
+        self, request: web.BaseRequest, body: bytes | None, span: Span | None, outcome: Outcome, *, websocket: bool
     ) -> CIMultiDict[str]:
+        """Find the session, carry it into the trace, and build the headers to send upstream."""
+        outcome.extraction = extraction = self.find_session(request, body)
+        trace_headers = self._tracing.propagate(span, extraction.session_id, _source(extraction))
         return upstream_request_headers(
             request.headers,
             session_header=self._session_header,
@@ -144,9 +157,7 @@ class Forwarder:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
-        extraction = NOT_FOUND
-        status = CLIENT_CLOSED_REQUEST
-        error: str | None = None
+        outcome = Outcome()
         span = self._tracing.start(request.headers, request.method, request.path)
         self.in_flight += 1
         self._metrics.open_streams.inc()
@@ -158,24 +169,22 @@ class Forwarder:
             elif _unsupported_transfer_coding(request):
                 response = error_response(501, "unsupported_transfer_encoding", "only chunked is supported")
             elif is_websocket_upgrade(request):
-                extraction = self.find_session(request, None)
-                trace_headers = self._tracing.propagate(span, extraction.session_id, _source(extraction))
-                headers = self.upstream_headers(request, extraction, trace_headers, websocket=True)
+                headers = self.prepare_upstream(request, None, span, outcome, websocket=True)
                 response = await self._websockets.bridge(request, self.upstream_url(request), headers)
             else:
-                response, extraction = await self._forward(request, span)
-            status = response.status
+                response = await self._forward(request, span, outcome)
+            outcome.status = response.status
             return response
         except BodyReadTimeout:
-            status, error = 408, "request_timeout"
-            response = error_response(408, error, "the request body did not arrive in time")
+            outcome.status, outcome.error = 408, "request_timeout"
+            response = error_response(408, outcome.error, "the request body did not arrive in time")
             # Answer, then close at once instead of lingering to drain a body the client is not sending.
             await response.prepare(request)
             await response.write_eof()
             request.protocol.force_close()
             return response
         except UpstreamFailure as failure:
-            status, error = failure.status, failure.error
+            outcome.status, outcome.error = failure.status, failure.error
             self._metrics.upstream_errors.labels(failure.kind).inc()
             logger.warning("upstream_error", kind=failure.kind, detail=str(failure), path=request.path)
             return error_response(failure.status, failure.error, str(failure))
@@ -183,20 +192,21 @@ class Forwarder:
             self.in_flight -= 1
             self._metrics.open_streams.dec()
             duration = time.monotonic() - started
-            source = _source(extraction) or "none"
-            self._metrics.count_request(status, source, duration)
+            source = _source(outcome.extraction) or "none"
+            self._metrics.count_request(outcome.status, source, duration)
             logger.info(  # while the span is still active, so the line carries its trace ids
                 "request",
                 method=request.method,
                 path=request.path,
-                status=status,
+                status=outcome.status,
                 duration_ms=round(duration * 1000, 2),
                 session_source=source,
-                session_id=extraction.session_id,
+                session_id=outcome.extraction.session_id,
+                **({"error": outcome.error} if outcome.error else {}),
             )
-            self._tracing.finish(span, status, error)
+            self._tracing.finish(span, outcome.status, outcome.error)
 
-    async def _forward(self, request: web.Request, span: Span | None) -> tuple[web.StreamResponse, Extraction]:
+    async def _forward(self, request: web.Request, span: Span | None, outcome: Outcome) -> web.StreamResponse:
         body: bytes | None = None
         data: bytes | AsyncIterator[bytes] | None = None
         if request.body_exists:
@@ -218,9 +228,7 @@ class Forwarder:
             else:
                 data = stream_body(b"", request.content, self._body_timeout)
 
-        extraction = self.find_session(request, body)
-        trace_headers = self._tracing.propagate(span, extraction.session_id, _source(extraction))
-        headers = self.upstream_headers(request, extraction, trace_headers, websocket=False)
+        headers = self.prepare_upstream(request, body, span, outcome, websocket=False)
         session = self._session_getter()
         try:
             upstream = await session.request(
@@ -248,16 +256,18 @@ class Forwarder:
                     await response.write(chunk)
             except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
                 kind = "timeout" if isinstance(exc, TimeoutError) else "truncated"
+                outcome.error = f"upstream_body_{kind}"
                 self._metrics.upstream_errors.labels(kind).inc()
                 logger.warning("upstream_body_cut", kind=kind, detail=str(exc) or type(exc).__name__, path=request.path)
                 _abort(request)
-                return response, extraction
+                return response
             except ConnectionResetError:
+                outcome.error = "client_gone"
                 _abort(request)  # the client went away while we wrote
-                return response, extraction
+                return response
             await response.write_eof()
             finished = True
-            return response, extraction
+            return response
         finally:
             if finished:
                 upstream.release()  # the connection goes back to the pool

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+import structlog.testing
 from aiohttp import ClientPayloadError
 
-from tests.proxy.conftest import Upstream, metric
+from tests.proxy.conftest import SESSION_ID, Upstream, metric
 
 HANG_GUARD = 10
 
@@ -171,3 +172,25 @@ async def test_malformed_requests_get_400_and_the_proxy_keeps_serving(
         assert upstream.requests == []
         ok = await proxy.get("/still-alive")
         assert ok.status == 200
+
+
+async def test_request_line_reports_the_session_and_the_error(make_proxy: Any) -> None:
+    client = await make_proxy(upstream_url=f"http://127.0.0.1:{closed_port()}")
+    with structlog.testing.capture_logs() as logs:
+        resp = await client.post("/chat", json={"session_id": SESSION_ID})
+    assert resp.status == 502
+    line = next(entry for entry in logs if entry["event"] == "request")
+    assert (line["status"], line["session_source"], line["session_id"], line["error"]) == (
+        502, "body", SESSION_ID, "upstream_unavailable",
+    )  # fmt: skip
+
+
+async def test_request_line_reports_a_cut_stream(make_proxy: Any, raw_upstream: Any) -> None:
+    url = await raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly 19 bytes here.")
+    client = await make_proxy(upstream_url=url)
+    with structlog.testing.capture_logs() as logs:
+        resp = await client.get("/", params={"session_id": SESSION_ID})
+        with pytest.raises(ClientPayloadError):
+            await resp.read()
+    line = next(entry for entry in logs if entry["event"] == "request")
+    assert (line["status"], line["session_source"], line["error"]) == (200, "query", "upstream_body_truncated")
