@@ -78,6 +78,7 @@ class _State:
     baggage_tags: bool = False
     error_logged: bool = False
     chained_sitecustomize: bool = False
+    llmobs: Any = None  # ddtrace.llmobs.LLMObs, resolved once at install
 
 
 _state = _State()
@@ -161,9 +162,8 @@ def _log_error_once(where: str) -> None:
 
 
 def _llmobs_enabled() -> bool:
-    from ddtrace.llmobs import LLMObs
-
-    return bool(LLMObs.enabled)
+    llmobs = _state.llmobs
+    return llmobs is not None and bool(llmobs.enabled)
 
 
 def _safe_request_session(get_header: Callable[[str], str | None]) -> RequestSession | None:
@@ -183,14 +183,15 @@ def _on_span_start(span: Span) -> None:
         context = span.context
         meta = context._meta
         request = _request.get()
-        session_id = resolve_session_id(
-            meta.get(PROPAGATED_SESSION_KEY),
-            meta.get(HEADER_META_KEY),
-            request.session_id if request else None,
-            context.get_baggage_item(BAGGAGE_SESSION_KEY),
-        )
-        if session_id is not None:
-            meta[PROPAGATED_SESSION_KEY] = session_id
+        if not meta.get(PROPAGATED_SESSION_KEY):  # the trace's session, once set, wins: nothing else to read
+            session_id = resolve_session_id(
+                None,
+                meta.get(HEADER_META_KEY),
+                request.session_id if request else None,
+                context.get_baggage_item(BAGGAGE_SESSION_KEY),
+            )
+            if session_id is not None:
+                meta[PROPAGATED_SESSION_KEY] = session_id
         if _state.baggage_tags:
             tags = request.tags if request else baggage_tags(context.get_all_baggage_items())
             if tags:
@@ -309,6 +310,7 @@ def install() -> bool:
             )
             return False
         from ddtrace._trace.processor import SpanProcessor
+        from ddtrace.llmobs import LLMObs
         from ddtrace.llmobs._constants import PROPAGATED_SESSION_ID_KEY
         from ddtrace.propagation.http import HTTPPropagator
 
@@ -321,6 +323,7 @@ def install() -> bool:
             header = DEFAULT_SESSION_HEADER
         _state.header = header
         _state.baggage_tags = _env_flag(ENV_BAGGAGE_TAGS, False)
+        _state.llmobs = LLMObs
 
         class _SessionProcessor(SpanProcessor):
             def on_span_start(self, span: Span) -> None:

@@ -80,7 +80,7 @@ def test_pip_installed_hook_activates_with_one_import(tmp_path: Path) -> None:
     """`pip install ./hook` installs only the module (never a sitecustomize); `install()` activates it."""
     target = tmp_path / "site"
     build = subprocess.run(
-        [str(VENV_PYTHON), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+        [str(VENV_PYTHON), "-m", "pip", "install", "--quiet", "--no-deps",
          "--target", str(target), str(HOOK)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
