@@ -65,6 +65,13 @@ def test_help_lists_every_setting() -> None:
         assert env_name(field) in result.stdout
 
 
+def stop_and_read_json_logs(process: Process) -> list[dict[str, Any]]:
+    """SIGTERM the proxy, require a clean exit (0), and return its JSON log lines."""
+    process.popen.send_signal(signal.SIGTERM)
+    assert process.popen.wait(timeout=HANG_GUARD) == 0
+    return [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
+
+
 @contextlib.contextmanager
 def proxy_process(upstream: Upstream, **extra: str) -> Iterator[tuple[Process, int, int]]:
     """The real proxy (`python -m proxy`) in front of `upstream`; yields it with its proxy and admin ports."""
@@ -88,9 +95,7 @@ async def test_json_log_line_per_request(upstream: Upstream) -> None:
         async with ClientSession() as client:
             async with client.post(f"http://127.0.0.1:{port}/chat?secret=1", json={"session_id": SESSION_ID}) as r:
                 assert r.status == 200
-        process.popen.send_signal(signal.SIGTERM)
-        assert process.popen.wait(timeout=HANG_GUARD) == 0
-        lines = [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
+        lines = stop_and_read_json_logs(process)
     request_lines = [line for line in lines if line["event"] == "request"]
     assert len(request_lines) == 1
     line = request_lines[0]
@@ -159,9 +164,7 @@ async def test_log_line_carries_the_trace_ids_when_tracing(upstream: Upstream, t
         async with ClientSession() as client:
             async with client.get(f"http://127.0.0.1:{port}/chat", params={"session_id": SESSION_ID}) as response:
                 assert response.status == 200
-        process.popen.send_signal(signal.SIGTERM)
-        assert process.popen.wait(timeout=HANG_GUARD) == 0
-        lines = [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
+        lines = stop_and_read_json_logs(process)
     line = next(line for line in lines if line.get("event") == "request")
     forwarded = {name.lower(): value for name, value in upstream.last["headers"]}
     # ddtrace logs 128-bit trace ids in hex; x-datadog-trace-id carries the low 64 bits in decimal.
