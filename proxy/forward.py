@@ -123,12 +123,13 @@ class Forwarder:
             target = request.rel_url.raw_path_qs
         return URL(self._base + target, encoded=True)
 
-    def find_session(self, request: web.BaseRequest, body: bytes | None) -> Extraction:
+    def find_session(self, request: web.BaseRequest, body: bytes | None, kind: str | None) -> Extraction:
+        """`body` is the inspected body (None when not inspected), `kind` its body_kind."""
         parts = RequestParts(
             headers=request.headers,
             query=request.rel_url.query,
             body=body,
-            body_kind=body_kind(request.headers.get("Content-Type")),
+            body_kind=kind,
             now_ms=int(time.time() * 1000),
         )
         extraction = self._extractor.extract(parts)
@@ -138,10 +139,20 @@ class Forwarder:
         return extraction
 
     def prepare_upstream(
-        self, request: web.BaseRequest, body: bytes | None, span: Span | None, outcome: Outcome, *, websocket: bool
+        self,
+        request: web.BaseRequest,
+        body: tuple[bytes, str] | None,
+        span: Span | None,
+        outcome: Outcome,
+        *,
+        websocket: bool,
     ) -> CIMultiDict[str]:
-        """Find the session, carry it into the trace, and build the headers to send upstream."""
-        outcome.extraction = extraction = self.find_session(request, body)
+        """Find the session, carry it into the trace, and build the headers to send upstream.
+
+        `body` is the inspected body with its body_kind, or None when the body was not inspected.
+        """
+        content, kind = body if body is not None else (None, None)
+        outcome.extraction = extraction = self.find_session(request, content, kind)
         trace_headers = self._tracing.propagate(span, extraction.session_id, _source(extraction))
         return upstream_request_headers(
             request.headers,
@@ -207,28 +218,25 @@ class Forwarder:
             self._tracing.finish(span, outcome.status, outcome.error)
 
     async def _forward(self, request: web.Request, span: Span | None, outcome: Outcome) -> web.StreamResponse:
-        body: bytes | None = None
+        inspected: tuple[bytes, str] | None = None
         data: bytes | AsyncIterator[bytes] | None = None
         if request.body_exists:
-            inspect = (
-                self._extractor.inspects_body
-                and body_kind(request.headers.get("Content-Type")) is not None
-                and (request.content_length is None or request.content_length <= self._max_inspect)
-            )
-            if inspect:
+            kind = body_kind(request.headers.get("Content-Type")) if self._extractor.inspects_body else None
+            if kind is not None and (request.content_length is None or request.content_length <= self._max_inspect):
                 try:
                     async with asyncio.timeout(self._body_timeout):
                         prefix, complete = await read_up_to(request.content, self._max_inspect)
                 except TimeoutError:
                     raise BodyReadTimeout from None
                 if complete:
-                    body = data = prefix
+                    data = prefix
+                    inspected = (prefix, kind)
                 else:
                     data = stream_body(prefix, request.content, self._body_timeout)
             else:
                 data = stream_body(b"", request.content, self._body_timeout)
 
-        headers = self.prepare_upstream(request, body, span, outcome, websocket=False)
+        headers = self.prepare_upstream(request, inspected, span, outcome, websocket=False)
         session = self._session_getter()
         try:
             upstream = await session.request(

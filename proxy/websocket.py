@@ -9,7 +9,6 @@ from typing import Any
 
 import structlog
 from aiohttp import (
-    ClientConnectorError,
     ClientError,
     ClientSession,
     ClientWebSocketResponse,
@@ -77,7 +76,7 @@ class WebSocketBridge:
         except WSServerHandshakeError as exc:
             status = exc.status if 400 <= exc.status <= 599 else 502
             return error_response(status, "websocket_refused", f"upstream refused the WebSocket: {exc.status}")
-        except (ClientConnectorError, ClientError, TimeoutError) as exc:
+        except (ClientError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):
                 raise UpstreamFailure(504, "upstream_timeout", "timeout", f"upstream timed out: {exc}") from None
             raise UpstreamFailure(
