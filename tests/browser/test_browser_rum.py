@@ -114,9 +114,13 @@ def rum_cookies(request: SentRequest) -> set[str]:
     return names & {"_dd_s", "_dd_s_v2"}
 
 
-def message() -> tuple[str, str]:
+async def chat_once(browser_ws_url: str, stack: Stack, query: str) -> tuple[str, str, SentRequest]:
+    """Open the page with `query`, send one chat message; return its token, the page's session ID and request."""
     token = f"tok-{uuid.uuid4().hex[:12]}"
-    return token, f"how long does shipping take? {token}"
+    async with connect(browser_ws_url) as browser, browser.new_page() as page:
+        session_id = await open_chat(page, stack, query)
+        await chat(page, f"how long does shipping take? {token}")
+        return token, session_id, the_chat_request(page)
 
 
 @pytest.mark.parametrize(("send", "source"), [("body", "body"), ("query", "query")])
@@ -124,11 +128,8 @@ async def test_id_sent_by_the_page_reaches_every_llmobs_span(
     browser_ws_url: str, stack: Stack, send: str, source: str
 ) -> None:
     """(a)/(b) The Datadog guide's way. local-storage persistence and no tracing: nothing else carries the ID."""
-    token, text = message()
-    async with connect(browser_ws_url) as browser, browser.new_page() as page:
-        session_id = await open_chat(page, stack, f"rum=7&send={send}&tracing=0&persistence=local-storage")
-        await chat(page, text)
-        request = the_chat_request(page)
+    query = f"rum=7&send={send}&tracing=0&persistence=local-storage"
+    token, session_id, request = await chat_once(browser_ws_url, stack, query)
 
     assert not rum_cookies(request) and "baggage" not in request.headers
     if send == "query":
@@ -140,11 +141,7 @@ async def test_id_sent_by_the_page_reaches_every_llmobs_span(
 @pytest.mark.parametrize("rum", ["5", "6", "7"])
 async def test_rum_cookie_alone_reaches_every_llmobs_span(browser_ws_url: str, stack: Stack, rum: str) -> None:
     """(c) Same origin, no frontend change: the page sends nothing, the SDK's own cookie carries the session."""
-    token, text = message()
-    async with connect(browser_ws_url) as browser, browser.new_page() as page:
-        session_id = await open_chat(page, stack, f"rum={rum}&send=none&tracing=0")
-        await chat(page, text)
-        request = the_chat_request(page)
+    token, session_id, request = await chat_once(browser_ws_url, stack, f"rum={rum}&send=none&tracing=0")
 
     assert rum_cookies(request) == ({"_dd_s_v2"} if rum == "7" else {"_dd_s"})
     assert not RUM_TRACING_HEADERS & request.headers.keys()
@@ -157,12 +154,8 @@ async def test_baggage_alone_reaches_every_llmobs_span_and_the_trace_continues(
     browser_ws_url: str, stack: Stack, rum: str, opt_in: str
 ) -> None:
     """(d) `allowedTracingUrls` with `propagateTraceBaggage` (v7 default, v6 opt-in); local-storage: no cookie."""
-    token, text = message()
-    async with connect(browser_ws_url) as browser, browser.new_page() as page:
-        query = f"rum={rum}&send=none&tracing=1&persistence=local-storage{opt_in}"
-        session_id = await open_chat(page, stack, query)
-        await chat(page, text)
-        request = the_chat_request(page)
+    query = f"rum={rum}&send=none&tracing=1&persistence=local-storage{opt_in}"
+    token, session_id, request = await chat_once(browser_ws_url, stack, query)
 
     assert not rum_cookies(request)
     assert f"session.id={session_id}" in request.headers["baggage"].split(",")
@@ -188,11 +181,7 @@ def assert_trace_continues(request: SentRequest, spans: list[dict[str, Any]]) ->
 async def test_trace_started_by_the_rum_sdk_continues_into_the_agent(
     browser_ws_url: str, stack: Stack, rum: str
 ) -> None:
-    token, text = message()
-    async with connect(browser_ws_url) as browser, browser.new_page() as page:
-        session_id = await open_chat(page, stack, f"rum={rum}&send=none&tracing=1")
-        await chat(page, text)
-        request = the_chat_request(page)
+    token, session_id, request = await chat_once(browser_ws_url, stack, f"rum={rum}&send=none&tracing=1")
 
     spans = chat_spans(stack.test_agent, token)
     assert_trace_continues(request, spans)
