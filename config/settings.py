@@ -92,7 +92,38 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         1024, ge=1, description="Concurrent upstream requests and WebSockets; more are refused with 503."
     )
-    ws_max_message_bytes: int = Field(4_194_304, ge=1024, description="Largest WebSocket message relayed.")
+    ws_max_message_bytes: int = Field(4_194_304, ge=1024, description="Largest WebSocket frame relayed.")
+    max_client_connections: int = Field(
+        4096, ge=1, description="Open client connections; one more is answered 503 and closed at once."
+    )
+    max_header_bytes: int = Field(
+        65_536, ge=1024, description="Largest request head (request line and headers); more is refused with 431."
+    )
+    max_headers: int = Field(100, ge=8, description="Most request headers; more are refused with 431.")
+    header_read_timeout_seconds: float = Field(
+        10.0, gt=0, description="Longest time from a request's first byte to the end of its headers (then 408)."
+    )
+    keepalive_timeout_seconds: float = Field(
+        75.0, gt=0, description="How long an idle client connection is kept open between requests."
+    )
+    upstream_keepalive_seconds: float = Field(
+        1.5,
+        ge=0,
+        description="How long an idle pooled upstream connection is kept; shorter than the agent server's own "
+        "keep-alive (gunicorn 2 s, uvicorn 5 s) so the proxy never reuses one the agent is closing.",
+    )
+    workers: int = Field(1, ge=1, le=64, description="Processes serving the port (SO_REUSEPORT).")
+    reuse_port: bool = Field(
+        True, description="Listen with SO_REUSEPORT, so a new proxy process can take the port while the old drains."
+    )
+    propagate_trace: bool = Field(
+        True,
+        description="Continue the incoming Datadog/W3C trace context (or start one) and carry the session in it "
+        "as _dd.p.llmobs_sid.",
+    )
+    apm_span: bool = Field(
+        False, description="Also report a ddtrace APM span per request (costs CPU; needs a Datadog Agent)."
+    )
     shutdown_grace_seconds: float = Field(
         25.0, ge=0, description="On SIGTERM, how long in-flight requests and streams may take to finish."
     )

@@ -1,51 +1,212 @@
-"""The one place that assembles the proxy application from validated settings."""
+"""The one place that assembles the proxy from validated settings, and the server that runs it."""
 
 from __future__ import annotations
 
-from aiohttp import ClientSession, web
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from config.settings import Settings
-from proxy.forward import Forwarder
-from proxy.keys import FORWARDER, LIFECYCLE, METRICS, SETTINGS, UPSTREAM_SESSION, WEBSOCKETS, Lifecycle
+from proxy.flow import WriteBatch
+from proxy.headers import ForwardRules
 from proxy.metrics import Metrics
+from proxy.session import Extraction, SessionExtractor
+from proxy.trace_context import propagate
 from proxy.tracing import Tracing
-from proxy.upstream import upstream_session
-from proxy.websocket import WebSocketBridge
+from proxy.upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from proxy.forward import Exchange
+    from proxy.server import ClientConnection
+    from proxy.websocket import Tunnel
+
+logger = structlog.get_logger()
 
 
-def create_app(settings: Settings, *, tracing_enabled: bool | None = None) -> web.Application:
-    """The proxy application. `tracing_enabled` defaults to ddtrace's own switch (DD_TRACE_ENABLED)."""
-    if tracing_enabled is None:
-        from ddtrace.trace import tracer
+class Lifecycle:
+    """Whether the proxy still takes traffic; readiness answers 503 once draining."""
 
-        tracing_enabled = tracer.enabled
-    # Bodies are streamed or bounded by max_inspect_bytes, never read whole by aiohttp.
-    app = web.Application(client_max_size=settings.max_inspect_bytes + 1)
-    metrics = Metrics()
-
-    def session() -> ClientSession:
-        return app[UPSTREAM_SESSION]  # created by the upstream_session cleanup context at startup
-
-    websockets = WebSocketBridge(session, metrics, settings.ws_max_message_bytes)
-    forwarder = Forwarder(
-        settings,
-        session_getter=session,
-        metrics=metrics,
-        tracing=Tracing(tracing_enabled),
-        websockets=websockets,
-    )
-    app[SETTINGS] = settings
-    app[METRICS] = metrics
-    app[LIFECYCLE] = Lifecycle()
-    app[WEBSOCKETS] = websockets
-    app[FORWARDER] = forwarder
-    app.cleanup_ctx.append(upstream_session)
-    app.on_shutdown.append(_on_shutdown)
-    app.router.add_route("*", "/{path:.*}", forwarder.handle)
-    return app
+    def __init__(self) -> None:
+        self.draining = False
 
 
-async def _on_shutdown(app: web.Application) -> None:
-    """Stop being ready and close long-lived WebSockets with 1001; HTTP streams get the grace period."""
-    app[LIFECYCLE].draining = True
-    await app[WEBSOCKETS].close_all()
+class LogLimiter:
+    """At most `rate` lines a second (bursts up to `rate`); the lines left out are counted for the next one."""
+
+    def __init__(self, rate: float = 10.0) -> None:
+        self._rate = rate
+        self._tokens = rate
+        self._stamp = time.monotonic()
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._rate, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self.suppressed += 1
+        return False
+
+    def take_suppressed(self) -> dict[str, int]:
+        count, self.suppressed = self.suppressed, 0
+        return {"suppressed": count} if count else {}
+
+
+class Proxy:
+    """Everything a connection needs, resolved once at startup: the rules, the pool, the counters."""
+
+    def __init__(self, settings: Settings, *, tracing_enabled: bool = False) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.settings = settings
+        url = settings.upstream_url
+        host = url.host or "127.0.0.1"
+        port = url.port or (443 if url.scheme == "https" else 80)
+        self.base_path = (url.path or "").rstrip("/").encode()
+        self.batch = WriteBatch()
+        self.pool = UpstreamPool(
+            host.strip("[]"),
+            port,
+            connect_timeout=settings.connect_timeout_seconds,
+            keepalive_seconds=settings.upstream_keepalive_seconds,
+            batch=self.batch,
+        )
+        self.extractor = SessionExtractor(
+            settings.sources,
+            body_fields=settings.body_fields,
+            query_params=settings.query_params,
+            header_names=settings.header_names,
+        )
+        self.extra_header_names = frozenset(name.encode("ascii") for name in settings.header_names)
+        self.rules = ForwardRules(
+            session_header=settings.session_header.encode("ascii"),
+            preserve_host=settings.preserve_host,
+            propagate_baggage=settings.propagate_baggage,
+            upstream_host=f"{host}:{port}".encode(),
+            replaces_trace_headers=settings.propagate_trace or settings.apm_span and tracing_enabled,
+        )
+        self.metrics = Metrics()
+        self.lifecycle = Lifecycle()
+        self.tracing = Tracing(settings.apm_span and tracing_enabled)
+        self.propagate_trace = settings.propagate_trace
+        self.max_in_flight = settings.max_connections
+        self.max_client_connections = settings.max_client_connections
+        self.max_header_bytes = settings.max_header_bytes
+        self.max_headers = settings.max_headers
+        self.max_inspect = settings.max_inspect_bytes
+        self.body_timeout = settings.body_read_timeout_seconds
+        self.idle_timeout = settings.idle_timeout_seconds
+        self.header_timeout = settings.header_read_timeout_seconds
+        self.keepalive_timeout = settings.keepalive_timeout_seconds
+        self.ws_max_frame = settings.ws_max_message_bytes
+        # Each connection checks its deadlines this often: timeouts fire within a quarter of their value.
+        timeouts = (self.header_timeout, self.keepalive_timeout, self.body_timeout, self.idle_timeout)
+        self.tick = min(max(min(timeouts) / 4, 0.01), 1.0)
+        self.in_flight = 0
+        self.connections: set[ClientConnection] = set()
+        self.tunnels: set[Tunnel] = set()
+        self._bad_requests = LogLimiter()
+        self._idle = asyncio.Event()
+
+    @property
+    def draining(self) -> bool:
+        return self.lifecycle.draining
+
+    def upstream_target(self, target: bytes) -> bytes:
+        if not target.startswith(b"/"):
+            if target.startswith((b"http://", b"https://")):  # absolute-form (RFC 9112 §3.2.2)
+                _, _, rest = target.partition(b"://")
+                slash = rest.find(b"/")
+                target = rest[slash:] if slash >= 0 else b"/"
+            elif target == b"*":
+                return target if not self.base_path else self.base_path + b"/"
+        return self.base_path + target
+
+    def tracing_start(self, exchange: Exchange) -> None:
+        if self.tracing.enabled:
+            head = exchange.head
+            headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
+            exchange.span = self.tracing.start(headers, head.method.decode(), exchange.path)
+
+    def trace_headers(self, exchange: Exchange, extraction: Extraction) -> dict[bytes, bytes]:
+        source = extraction.source.value if extraction.source is not None else None
+        if self.tracing.enabled:
+            headers = self.tracing.propagate(exchange.span, extraction.session_id, source)  # type: ignore[arg-type]
+            return {name.lower().encode(): value.encode("latin-1") for name, value in headers.items()}
+        if not self.propagate_trace:
+            return {}
+        propagation = propagate(exchange.head.index, extraction.session_id)
+        exchange.log_trace_id = propagation.log_trace_id
+        return propagation.headers
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        """The one place that counts and logs a finished request: one `request` line each."""
+        if exchange.counted:
+            self.in_flight -= 1
+            self.metrics.open_streams.dec()
+        duration = time.monotonic() - exchange.started
+        extraction = exchange.extraction
+        source = extraction.source.value if extraction.source is not None else "none"
+        self.metrics.count_request(exchange.status, source, duration)
+        fields: dict[str, Any] = {
+            "method": exchange.head.method.decode("latin-1"),
+            "path": exchange.path,
+            "status": exchange.status,
+            "duration_ms": round(duration * 1000, 2),
+            "session_source": source,
+            "session_id": extraction.session_id,
+        }
+        if exchange.span is not None:
+            fields.update(self.tracing.log_ids(exchange.span))  # type: ignore[arg-type]
+        elif exchange.log_trace_id is not None:
+            fields["dd.trace_id"] = exchange.log_trace_id
+        if exchange.error is not None:
+            logger.warning("request", error=exchange.error, **fields)
+        else:
+            logger.info("request", **fields)
+        if exchange.span is not None:
+            self.tracing.finish(exchange.span, exchange.status, exchange.error)  # type: ignore[arg-type]
+
+    def log_bad_request(self, status: int, error: str, reason: str) -> None:
+        """Malformed requests: counted always, logged at most ten a second with the number left out."""
+        self.metrics.bad_requests.labels(reason).inc()
+        if self._bad_requests.allow():
+            logger.warning(
+                "bad_request", status=status, error=error, reason=reason, **self._bad_requests.take_suppressed()
+            )
+
+    def log_refused_connection(self) -> None:
+        if self._bad_requests.allow():
+            logger.warning(
+                "connection_refused", reason="too many client connections", **self._bad_requests.take_suppressed()
+            )
+
+    # ---- shutdown
+
+    def drain(self) -> None:
+        """Stop taking requests: idle connections close now, busy ones after their response, WebSockets get 1001."""
+        self.lifecycle.draining = True
+        for connection in list(self.connections):
+            connection.close_if_idle()
+        for tunnel in list(self.tunnels):
+            tunnel.go_away()
+
+    def connection_closed(self, connection: ClientConnection) -> None:
+        self.connections.discard(connection)
+        if self.lifecycle.draining and not self.connections:
+            self._idle.set()
+
+    async def wait_closed(self, grace: float) -> None:
+        """Wait up to `grace` for every client connection to end, then cut the rest (their upstreams too)."""
+        if self.connections:
+            try:
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+            except TimeoutError:
+                logger.warning("drain_timeout", open_connections=len(self.connections), grace_seconds=grace)
+        for connection in list(self.connections):
+            connection.abort()
+        self.pool.close()

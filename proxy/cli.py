@@ -6,10 +6,9 @@ import argparse
 import asyncio
 import json
 import signal
-import sys
 
 import structlog
-from aiohttp import http_parser, web
+from aiohttp import web
 
 from config.loader import ConfigError, env_name, exit_on_config_error, load_settings
 from config.settings import Settings
@@ -57,63 +56,61 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(settings.model_dump(mode="json"), indent=2))
         return 0
-    if http_parser.HttpResponseParser is http_parser.HttpResponseParserPy:
-        print(
-            "rum-llmobs-proxy: aiohttp's C HTTP parser is not in use (AIOHTTP_NO_EXTENSIONS set, or no binary wheel "
-            "for this platform); refusing to parse untrusted upstream responses with the slow pure-Python parser",
-            file=sys.stderr,
-        )
-        return 2
-
     from ddtrace.trace import tracer
 
     from proxy.log import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format, trace_correlation=tracer.enabled)
-    return asyncio.run(serve(settings, tracing_enabled=tracer.enabled))
+    tracing = settings.apm_span and tracer.enabled
+    configure_logging(settings.log_level, settings.log_format, trace_correlation=tracing)
+    import uvloop
+
+    return uvloop.run(serve(settings, tracing_enabled=tracing))
 
 
 async def serve(settings: Settings, *, tracing_enabled: bool) -> int:
-    from proxy.app import create_app
+    """Listen, serve until SIGTERM/SIGINT, drain within the grace period, exit 0."""
+    from proxy.app import Proxy
     from proxy.health import create_admin_app
-    from proxy.keys import LIFECYCLE
+    from proxy.server import ClientConnection
 
-    app = create_app(settings, tracing_enabled=tracing_enabled)
-    runner = web.AppRunner(
-        app, handler_cancellation=True, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds
-    )
-    admin_runner = web.AppRunner(create_admin_app(app), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
+    loop = asyncio.get_running_loop()
+    proxy = Proxy(settings, tracing_enabled=tracing_enabled)
+    admin_runner = web.AppRunner(create_admin_app(proxy.lifecycle, proxy.metrics), access_log=None)
     await admin_runner.setup()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        server = await loop.create_server(
+            lambda: ClientConnection(proxy),
+            settings.host,
+            settings.port,
+            backlog=1024,
+            reuse_port=settings.reuse_port,
+        )
         admin_site = web.TCPSite(admin_runner, settings.admin_host, settings.admin_port)
-        await site.start()
         await admin_site.start()
     except OSError as error:
         logger.error("cannot_listen", detail=str(error))
-        await runner.cleanup()
         await admin_runner.cleanup()
         return 1
     logger.info(
         "listening",
-        proxy=_addresses(runner),
+        proxy=[f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets],
         admin=_addresses(admin_runner),
         upstream=str(settings.upstream_url),
         sources=[s.value for s in settings.sources],
-        tracing=tracing_enabled,
+        trace_propagation=settings.propagate_trace,
+        apm_span=tracing_enabled,
         version=__version__,
     )
     await stop.wait()
     logger.info("draining", grace_seconds=settings.shutdown_grace_seconds)
-    app[LIFECYCLE].draining = True
-    # Stops listening, closes idle keep-alive connections, runs on_shutdown (WebSockets get 1001), waits up to
-    # the grace period for in-flight requests and streams, cancels the rest, then closes the upstream session.
-    await runner.cleanup()
+    # Readiness turns 503 and the listener closes (no new connections); idle keep-alive connections close,
+    # busy ones after their response; WebSockets get 1001; what is still open after the grace period is cut.
+    server.close()
+    proxy.drain()
+    await proxy.wait_closed(settings.shutdown_grace_seconds)
     await admin_runner.cleanup()
     logger.info("stopped")
     return 0

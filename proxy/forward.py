@@ -1,311 +1,488 @@
-"""Forward one HTTP request to the upstream and stream its response back.
+"""Relay one request to the upstream and its response back: the exchange between two connections.
 
 Errors are mapped here, once:
 
 - more requests in flight than RUM_PROXY_MAX_CONNECTIONS -> 503 `overloaded` (with Retry-After)
-- Transfer-Encoding other than `chunked` -> 501 `unsupported_transfer_encoding`
+- Transfer-Encoding other than `chunked` -> 501 `unsupported_transfer_encoding`; CONNECT -> 405
 - request body not received within the body-read timeout -> 408 `request_timeout`
 - upstream refused / reset / unreachable before answering -> 502 `upstream_unavailable`
 - connect timeout, or no response headers within the idle timeout -> 504 `upstream_timeout`
-- malformed upstream response -> 502 `upstream_protocol_error`
-- upstream body cut, or idle timeout, after the response started -> the client connection is aborted so
-  the client sees a truncated response, never a clean end
-- client gone -> the handler is cancelled (aiohttp handler_cancellation), which cancels the upstream
-  request at once; logged with status 499, never answered with a 5xx
+- malformed upstream response (framing, control bytes, a 101 nobody asked for) -> 502 `upstream_protocol_error`,
+  and that upstream connection is discarded
+- upstream body cut, or idle timeout, after the response started -> the client connection is aborted so the
+  client sees a truncated response, never a clean end
+- client gone -> the upstream connection is closed at once (the agent's handler is cancelled); logged with
+  status 499, never answered
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
-from aiohttp import (
-    ClientConnectionError,
-    ClientConnectorError,
-    ClientError,
-    ClientPayloadError,
-    ClientResponseError,
-    ClientSession,
-    ServerTimeoutError,
-    StreamReader,
-    web,
-)
-from ddtrace.trace import Span
-from multidict import CIMultiDict
-from yarl import URL
 
-from config.settings import Settings
-from proxy.errors import BodyReadTimeout, UpstreamFailure, error_response
-from proxy.headers import downstream_response_headers, upstream_request_headers
-from proxy.metrics import Metrics
-from proxy.session import NOT_FOUND, Extraction, RequestParts, SessionExtractor, body_kind
-from proxy.tracing import Tracing
-from proxy.websocket import WebSocketBridge, is_websocket_upgrade
+from proxy.errors import error_response
+from proxy.headers import (
+    RequestHead,
+    ResponseFraming,
+    downstream_response_head,
+    response_framing,
+    upstream_request_head,
+)
+from proxy.session import NOT_FOUND, Extraction, RequestParts, body_kind, inspectable_body
+from proxy.upstream import UpstreamConnectError, UpstreamConnection
+
+if TYPE_CHECKING:
+    from proxy.app import Proxy
+    from proxy.server import ClientConnection
 
 logger = structlog.get_logger()
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's convention, for logs and metrics only: nothing is sent
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_CHUNK_END = b"0\r\n\r\n"
 
 
-async def read_up_to(content: StreamReader, limit: int) -> tuple[bytes, bool]:
-    """Read the body until EOF or until more than `limit` bytes arrived; say whether EOF was reached."""
-    chunks: list[bytes] = []
-    size = 0
-    while size <= limit:
-        chunk = await content.readany()
-        if not chunk:
-            return b"".join(chunks), True
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks), False
+class Exchange:
+    """One request and its response. The client connection feeds it the request (head, body chunks, end); the
+    upstream connection feeds it the response. Every decision is a call into the pure core."""
 
+    def __init__(self, proxy: Proxy, client: ClientConnection, head: RequestHead) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.head = head
+        self.started = time.monotonic()
+        self.extraction: Extraction = NOT_FOUND
+        self.status = CLIENT_CLOSED_REQUEST
+        self.error: str | None = None
+        self.log_trace_id: str | None = None
+        self.done = False
+        self.counted = False
+        self.websocket = False
+        self.upstream: UpstreamConnection | None = None
+        self.span: object | None = None
+        # request side
+        self._chunked_in = False
+        self._length_in: int | None = None
+        self._inspecting = False
+        self._kind: str | None = None
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._request_complete = False
+        self._request_sent = False  # the whole request, body included, went upstream
+        self._pending: list[bytes] | None = None  # written before the upstream connection exists
+        self._pending_size = 0
+        self._replay: list[bytes] | None = []  # the whole request while small enough to resend on a stale pool hit
+        self._body_deadline = 0.0
+        self._last_body = 0.0
+        # response side
+        self._response_started = False
+        self._framing = ResponseFraming("none")
+        self._chunked_out = False
+        self._keep_client = False
+        self._keep_upstream = False
+        self._last_upstream = 0.0
 
-async def stream_body(prefix: bytes, content: StreamReader, idle_timeout: float) -> AsyncIterator[bytes]:
-    if prefix:
-        yield prefix
-    while True:
-        try:
-            async with asyncio.timeout(idle_timeout):
-                chunk = await content.readany()
-        except TimeoutError:
-            raise BodyReadTimeout from None
-        if not chunk:
+    # ---- request side: called by the client connection
+
+    def start(self) -> None:
+        proxy, head = self.proxy, self.head
+        proxy.in_flight += 1
+        self.counted = True
+        proxy.metrics.open_streams.inc()
+        proxy.tracing_start(self)
+        codings = head.transfer_codings
+        if proxy.in_flight > proxy.max_in_flight:
+            self.fail(503, "overloaded", "too many requests in flight", retry_after=1)
             return
-        yield chunk
+        if codings and codings != [b"chunked"]:
+            self.fail(501, "unsupported_transfer_encoding", "only the chunked transfer coding is supported")
+            return
+        if head.method == b"CONNECT":
+            self.fail(405, "method_not_allowed", "CONNECT is not supported by a reverse proxy")
+            return
+        self._chunked_in = bool(codings)
+        length = head.get(b"content-length")
+        self._length_in = int(length) if length is not None and not self._chunked_in else None
+        has_body = self._chunked_in or bool(self._length_in)
+        if self.websocket:
+            self._send_head(self._find_session(None), framing=None)
+            return
+        expect = head.get(b"expect")
+        if has_body and expect is not None and expect.strip().lower() == b"100-continue":
+            self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        now = time.monotonic()
+        self._last_body = now
+        if has_body and proxy.extractor.inspects_body:
+            reason = self._not_inspected_reason()
+            if reason is None:
+                self._inspecting = True
+                self._body_deadline = now + proxy.body_timeout
+                return
+            logger.debug("body_not_inspected", reason=reason, path=self.path)
+        self._send_head(self._find_session(None), framing=self._streamed_framing() if has_body else None)
 
+    def _not_inspected_reason(self) -> str | None:
+        head = self.head
+        content_type = head.get(b"content-type")
+        self._kind = body_kind(content_type.decode("latin-1") if content_type else None)
+        if self._kind is None:
+            return "content_type"
+        if self._length_in is not None and self._length_in > self.proxy.max_inspect:
+            return "too_large"
+        encoding = head.get(b"content-encoding")
+        if encoding is not None and encoding.strip().lower() not in (b"", b"identity", b"gzip", b"x-gzip", b"deflate"):
+            return "content_encoding"
+        return None
 
-@dataclass(slots=True)
-class Outcome:
-    """What the request line reports, filled in as the request goes."""
+    def receive_body(self, chunk: bytes) -> None:
+        if self.done:
+            return
+        self._last_body = time.monotonic()
+        if self._inspecting:
+            self._buffer.append(chunk)
+            self._buffered += len(chunk)
+            if self._buffered > self.proxy.max_inspect:
+                logger.debug("body_not_inspected", reason="too_large", path=self.path)
+                self._inspecting = False
+                self._send_head(self._find_session(None), framing=self._streamed_framing())
+                for part in self._buffer:
+                    self._send_body(part)
+                self._buffer = []
+            return
+        self._send_body(chunk)
 
-    extraction: Extraction = NOT_FOUND
-    status: int = CLIENT_CLOSED_REQUEST
-    error: str | None = None
+    def request_complete(self) -> None:
+        self._request_complete = True
+        if self.done:
+            return
+        if self._inspecting:
+            self._inspecting = False
+            body = b"".join(self._buffer)
+            self._buffer = []
+            encoding = self.head.get(b"content-encoding")
+            plain = inspectable_body(body, encoding, self.proxy.max_inspect)
+            if plain is None:
+                logger.debug("body_not_inspected", reason="undecodable", path=self.path)
+            self._send_head(self._find_session((plain, self._kind)), framing=b"content-length: %d" % len(body))
+            if body:
+                self._write_upstream(body)
+            self._request_sent = True
+            return
+        if self._chunked_in:
+            self._write_upstream(_CHUNK_END)
+        self._request_sent = True
 
+    def _streamed_framing(self) -> bytes:
+        if self._chunked_in:
+            return b"transfer-encoding: chunked"
+        return b"content-length: %d" % (self._length_in or 0)
 
-class Forwarder:
-    """Everything a request needs, resolved once at startup; `handle` is the proxy's only route."""
+    def _send_body(self, chunk: bytes) -> None:
+        if self._chunked_in:
+            self._write_upstream(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            self._write_upstream(chunk)
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        session_getter: Callable[[], ClientSession],
-        metrics: Metrics,
-        tracing: Tracing,
-        websockets: WebSocketBridge,
-    ) -> None:
-        self._session_getter = session_getter
-        self._base = str(settings.upstream_url).rstrip("/")
-        self._extractor = SessionExtractor(
-            settings.sources,
-            body_fields=settings.body_fields,
-            query_params=settings.query_params,
-            header_names=settings.header_names,
-        )
-        self._session_header = settings.session_header
-        self._preserve_host = settings.preserve_host
-        self._propagate_baggage = settings.propagate_baggage
-        self._max_inspect = settings.max_inspect_bytes
-        self._body_timeout = settings.body_read_timeout_seconds
-        self._max_in_flight = settings.max_connections
-        self._metrics = metrics
-        self._tracing = tracing
-        self._websockets = websockets
-        self.in_flight = 0
-
-    def upstream_url(self, request: web.BaseRequest) -> URL:
-        target = request.raw_path
-        if not target.startswith("/"):  # absolute-form or asterisk-form request target
-            target = request.rel_url.raw_path_qs
-        return URL(self._base + target, encoded=True)
-
-    def find_session(self, request: web.BaseRequest, body: bytes | None, kind: str | None) -> Extraction:
-        """`body` is the inspected body (None when not inspected), `kind` its body_kind."""
-        parts = RequestParts(
-            headers=request.headers,
-            query=request.rel_url.query,
-            body=body,
-            body_kind=kind,
-            now_ms=int(time.time() * 1000),
-        )
-        extraction = self._extractor.extract(parts)
+    def _find_session(self, body: tuple[bytes | None, str | None] | None) -> Extraction:
+        proxy, head = self.proxy, self.head
+        content, kind = body if body is not None else (None, None)
+        parts = RequestParts(head, _Query(head.query), content, kind, int(time.time() * 1000))
+        extraction = proxy.extractor.extract(parts)
         for source in extraction.rejected:
-            self._metrics.count_invalid(source.value)
-            logger.debug("invalid_session_id", source=source.value, path=request.path)
+            proxy.metrics.count_invalid(source.value)
+            logger.debug("invalid_session_id", source=source.value, path=self.path)
+        self.extraction = extraction
         return extraction
 
-    def prepare_upstream(
-        self,
-        request: web.BaseRequest,
-        body: tuple[bytes, str] | None,
-        span: Span | None,
-        outcome: Outcome,
-        *,
-        websocket: bool,
-    ) -> CIMultiDict[str]:
-        """Find the session, carry it into the trace, and build the headers to send upstream.
-
-        `body` is the inspected body with its body_kind, or None when the body was not inspected.
-        """
-        content, kind = body if body is not None else (None, None)
-        outcome.extraction = extraction = self.find_session(request, content, kind)
-        trace_headers = self._tracing.propagate(span, extraction.session_id, _source(extraction))
-        return upstream_request_headers(
-            request.headers,
-            session_header=self._session_header,
+    def _send_head(self, extraction: Extraction, *, framing: bytes | None) -> None:
+        proxy, head = self.proxy, self.head
+        trace_headers = proxy.trace_headers(self, extraction)
+        upstream_head = upstream_request_head(
+            head,
+            proxy.rules,
+            target=proxy.upstream_target(head.target),
             session_id=extraction.session_id,
-            remote=request.remote,
-            scheme=request.scheme,
-            preserve_host=self._preserve_host,
-            propagate_baggage=self._propagate_baggage,
+            remote=self.client.remote,
+            scheme=b"http",
             trace_headers=trace_headers,
-            websocket=websocket,
+            body_framing=framing,
+            websocket=self.websocket,
         )
+        connection = None if self.websocket else proxy.pool.take_idle()
+        self._last_upstream = time.monotonic()
+        if connection is not None:
+            self._use(connection)
+            self._write_upstream(upstream_head)
+            return
+        self._pending = [upstream_head]
+        self._pending_size = len(upstream_head)
+        proxy.loop.create_task(self._connect())
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = time.monotonic()
-        outcome = Outcome()
-        span = self._tracing.start(request.headers, request.method, request.path)
-        self.in_flight += 1
-        self._metrics.open_streams.inc()
+    async def _connect(self) -> None:
         try:
-            if self.in_flight > self._max_in_flight:
-                response: web.StreamResponse = error_response(
-                    503, "overloaded", "too many requests in flight", **{"Retry-After": "1"}
+            connection = await self.proxy.pool.connect()
+        except UpstreamConnectError as exc:
+            if not self.done:
+                self.upstream_failed(504 if exc.timeout else 502, "timeout" if exc.timeout else "connect", str(exc))
+            return
+        if self.done:
+            self.proxy.pool.release(connection)
+            return
+        self._use(connection)
+        pending, self._pending = self._pending or [], None
+        self._pending_size = 0
+        connection.write(b"".join(pending))
+        self.client.gate.resume("connect")
+
+    def _use(self, connection: UpstreamConnection) -> None:
+        self.upstream = connection
+        connection.attach(self)
+
+    def _write_upstream(self, data: bytes) -> None:
+        if self._replay is not None:
+            self._replay.append(data)
+            if sum(len(part) for part in self._replay) > 65_536:
+                self._replay = None  # too large to hold for a resend
+        if self._pending is not None:
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size > 65_536:
+                self.client.gate.pause("connect")
+            return
+        if self.upstream is not None:
+            self.upstream.write(data)
+
+    # ---- response side: called by the upstream connection
+
+    def on_response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep: bool) -> None:
+        if self.done:
+            return
+        self._last_upstream = time.monotonic()
+        client = self.client
+        if status < 200 and status != 101:
+            if status != 100 and client.http11:  # 103 Early Hints and the like reach the client (RFC 9110 §15.2)
+                client.write(
+                    downstream_response_head(
+                        status, reason, headers, framing=ResponseFraming("none"), chunked_to_client=False
+                    )
                 )
-            elif _unsupported_transfer_coding(request):
-                response = error_response(501, "unsupported_transfer_encoding", "only chunked is supported")
-            elif is_websocket_upgrade(request):
-                headers = self.prepare_upstream(request, None, span, outcome, websocket=True)
-                response = await self._websockets.bridge(request, self.upstream_url(request), headers)
-            else:
-                response = await self._forward(request, span, outcome)
-            outcome.status = response.status
-            return response
-        except BodyReadTimeout:
-            outcome.status, outcome.error = 408, "request_timeout"
-            response = error_response(408, outcome.error, "the request body did not arrive in time")
-            # Answer, then close at once instead of lingering to drain a body the client is not sending.
-            await response.prepare(request)
-            await response.write_eof()
-            request.protocol.force_close()
-            return response
-        except UpstreamFailure as failure:
-            outcome.status, outcome.error = failure.status, failure.error
-            self._metrics.upstream_errors.labels(failure.kind).inc()
-            logger.warning("upstream_error", kind=failure.kind, detail=str(failure), path=request.path)
-            return error_response(failure.status, failure.error, str(failure))
-        finally:
-            self.in_flight -= 1
-            self._metrics.open_streams.dec()
-            duration = time.monotonic() - started
-            source = _source(outcome.extraction) or "none"
-            self._metrics.count_request(outcome.status, source, duration)
-            logger.info(  # while the span is still active, so the line carries its trace ids
-                "request",
-                method=request.method,
-                path=request.path,
-                status=outcome.status,
-                duration_ms=round(duration * 1000, 2),
-                session_source=source,
-                session_id=outcome.extraction.session_id,
-                **({"error": outcome.error} if outcome.error else {}),
-            )
-            self._tracing.finish(span, outcome.status, outcome.error)
-
-    async def _forward(self, request: web.Request, span: Span | None, outcome: Outcome) -> web.StreamResponse:
-        inspected: tuple[bytes, str] | None = None
-        data: bytes | AsyncIterator[bytes] | None = None
-        if request.body_exists:
-            kind = body_kind(request.headers.get("Content-Type")) if self._extractor.inspects_body else None
-            if kind is not None and (request.content_length is None or request.content_length <= self._max_inspect):
-                try:
-                    async with asyncio.timeout(self._body_timeout):
-                        prefix, complete = await read_up_to(request.content, self._max_inspect)
-                except TimeoutError:
-                    raise BodyReadTimeout from None
-                if complete:
-                    data = prefix
-                    inspected = (prefix, kind)
-                else:
-                    data = stream_body(prefix, request.content, self._body_timeout)
-            else:
-                data = stream_body(b"", request.content, self._body_timeout)
-
-        headers = self.prepare_upstream(request, inspected, span, outcome, websocket=False)
-        session = self._session_getter()
+            return
+        if status == 101 and not self.websocket:
+            self.upstream_failed(502, "protocol", "upstream switched protocols unasked")
+            return
         try:
-            upstream = await session.request(
-                request.method, self.upstream_url(request), headers=headers, data=data, allow_redirects=False
-            )
-        except BodyReadTimeout:
-            raise
-        except ClientError as exc:
-            if isinstance(exc.__cause__, BodyReadTimeout) or isinstance(exc.__context__, BodyReadTimeout):
-                raise BodyReadTimeout from None
-            raise _map_upstream_error(exc) from None
-        except TimeoutError as exc:
-            raise UpstreamFailure(504, "upstream_timeout", "timeout", f"upstream timed out: {exc}") from None
-
-        finished = False
-        try:
-            response = web.StreamResponse(
-                status=upstream.status,
-                reason=upstream.reason,
-                headers=downstream_response_headers(upstream.headers),
-            )
-            await response.prepare(request)
-            try:
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-            except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
-                kind = "timeout" if isinstance(exc, TimeoutError) else "truncated"
-                outcome.error = f"upstream_body_{kind}"
-                self._metrics.upstream_errors.labels(kind).inc()
-                logger.warning("upstream_body_cut", kind=kind, detail=str(exc) or type(exc).__name__, path=request.path)
-                _abort(request)
-                return response
-            except ConnectionResetError:
-                outcome.error = "client_gone"
-                _abort(request)  # the client went away while we wrote
-                return response
-            await response.write_eof()
-            finished = True
-            return response
-        finally:
-            if finished:
-                upstream.release()  # the connection goes back to the pool
-            else:
-                upstream.close()  # unread or cancelled: never reuse this connection
-
-
-def _map_upstream_error(exc: ClientError) -> UpstreamFailure:
-    if isinstance(exc, ServerTimeoutError):
-        return UpstreamFailure(504, "upstream_timeout", "timeout", f"upstream timed out: {exc}")
-    if isinstance(exc, ClientConnectorError):
-        return UpstreamFailure(502, "upstream_unavailable", "connect", f"cannot connect to upstream: {exc}")
-    if isinstance(exc, ClientResponseError):
-        return UpstreamFailure(
-            502, "upstream_protocol_error", "protocol", f"malformed upstream response: {exc.message}"
+            self._framing = framing = response_framing(status, self.head.method, headers)
+        except ValueError:
+            self.upstream_failed(502, "protocol", "malformed upstream response: bad Content-Length")
+            return
+        self.status = status
+        self._response_started = True
+        self._chunked_out = framing.kind in ("chunked", "eof") and client.http11
+        self._keep_client = (
+            client.keep_alive
+            and keep | (framing.kind != "eof")
+            and not self.proxy.draining
+            and (framing.kind != "eof" or self._chunked_out)
+            and status != 101
         )
-    return UpstreamFailure(502, "upstream_unavailable", "disconnected", f"upstream failed: {exc!r}")
+        out = downstream_response_head(status, reason, headers, framing=framing, chunked_to_client=self._chunked_out)
+        if not self._keep_client and status != 101:
+            out = out[:-2] + b"connection: close\r\n\r\n"
+        elif not client.http11:
+            out = out[:-2] + b"connection: keep-alive\r\n\r\n"
+        client.write(out)
+        if framing.kind == "none" and status != 101:
+            if self.head.method == b"HEAD" and self.upstream is not None:
+                self.upstream.skip_body()
+            self._response_done(keep)
+        else:
+            self._keep_upstream = keep
+
+    def on_response_body(self, chunk: bytes) -> None:
+        if self.done:
+            return
+        self._last_upstream = time.monotonic()
+        if self._chunked_out:
+            self.client.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            self.client.write(chunk)
+
+    def on_response_complete(self) -> None:
+        if self.done or not self._response_started or self._framing.kind == "none":
+            return
+        if self._chunked_out:
+            self.client.write(_CHUNK_END)
+        self._response_done(self._keep_upstream)
+
+    def _response_done(self, upstream_keep: bool) -> None:
+        connection, self.upstream = self.upstream, None
+        if connection is not None:
+            if upstream_keep and self._request_sent:
+                self.proxy.pool.release(connection)
+            else:
+                connection.discard()
+        self._finish()
+        # A client whose body was not read to its end cannot be reused: the rest would be read as a request.
+        self.client.exchange_done(self, self._keep_client and self._request_complete)
+
+    def on_upgraded(self, rest: bytes) -> None:
+        connection, self.upstream = self.upstream, None
+        if self.done or connection is None or self.status != 101:
+            if connection is not None:
+                connection.discard()
+            return
+        self.client.start_tunnel(self, connection, rest)
+
+    def on_upstream_error(self, detail: str) -> None:
+        self.upstream_failed(502, "protocol", f"malformed upstream response: {detail}")
+
+    def on_upstream_lost(self, exc: Exception | None) -> None:
+        connection, self.upstream = self.upstream, None
+        if self.done:
+            return
+        if self._response_started:
+            if self._framing.kind == "eof":  # the close is the end of this body
+                if self._chunked_out:
+                    self.client.write(_CHUNK_END)
+                self._finish()
+                self.client.exchange_done(self, self._keep_client and self._request_complete)
+                return
+            self._cut("truncated", "upstream closed the connection in the middle of the response")
+            return
+        if (
+            connection is not None
+            and connection.used
+            and not connection.got_bytes
+            and self._replay is not None
+            and self._request_sent
+            and self.head.method in IDEMPOTENT
+        ):
+            # A pooled connection the upstream closed just as we reused it: send the request once more.
+            self._pending = list(self._replay)
+            self._pending_size = sum(len(part) for part in self._pending)
+            self.proxy.loop.create_task(self._connect())
+            return
+        detail = f"upstream {self.proxy.pool.address} closed the connection before answering"
+        self.upstream_failed(502, "disconnected", detail)
+
+    def on_tunnel_data(self, data: bytes) -> None:  # only tunnels get bytes after the upgrade
+        pass
+
+    def upstream_writable(self, writable: bool) -> None:
+        if writable:
+            self.client.gate.resume("upstream")
+        else:
+            self.client.gate.pause("upstream")
+
+    def client_writable(self, writable: bool) -> None:
+        connection = self.upstream
+        if connection is not None and connection.gate is not None:
+            if writable:
+                connection.gate.resume("client")
+            else:
+                connection.gate.pause("client")
+
+    # ---- endings
+
+    def upstream_failed(self, status: int, kind: str, detail: str) -> None:
+        """The upstream failed: answer with an error, or cut the response if it already started."""
+        error = {502: "upstream_unavailable", 504: "upstream_timeout"}[status]
+        if kind == "protocol":
+            error = "upstream_protocol_error"
+        self.proxy.metrics.upstream_errors.labels(kind).inc()
+        if self._response_started:
+            self._cut(kind, detail)
+            return
+        logger.warning("upstream_error", kind=kind, detail=detail, path=self.path)
+        self.fail(status, error, detail)
+
+    def _cut(self, kind: str, detail: str) -> None:
+        self.error = f"upstream_body_{'timeout' if kind == 'timeout' else 'truncated'}"
+        if kind not in ("timeout", "protocol"):
+            self.proxy.metrics.upstream_errors.labels("truncated").inc()
+        logger.warning("upstream_body_cut", kind=kind, detail=detail, path=self.path)
+        self._drop_upstream()
+        self._finish()
+        self.client.abort()
+
+    def fail(self, status: int, error: str, message: str, *, retry_after: int | None = None) -> None:
+        """Answer with the proxy's own error (the response has not started) and close the client connection."""
+        self.status, self.error = status, error
+        self._drop_upstream()
+        self.client.write(error_response(status, error, message, retry_after=retry_after))
+        self._finish()
+        self.client.exchange_done(self, False)
+
+    def client_gone(self) -> None:
+        if self.done:
+            return
+        if self.status != 101:
+            self.status = CLIENT_CLOSED_REQUEST
+        self._drop_upstream()
+        self._finish()
+
+    def _drop_upstream(self) -> None:
+        connection, self.upstream = self.upstream, None
+        if connection is not None:
+            connection.discard()
+
+    def check_deadlines(self, now: float) -> None:
+        """Called by the client connection's periodic check: the body-read and upstream-idle timeouts."""
+        if self.done:
+            return
+        proxy = self.proxy
+        if self._inspecting:
+            if now >= self._body_deadline:
+                self.fail(408, "request_timeout", "the request body did not arrive in time")
+            return
+        if not self._request_complete and not self._response_started and now - self._last_body >= proxy.body_timeout:
+            self.fail(408, "request_timeout", "the request body did not arrive in time")
+            return
+        if now - self._last_upstream < proxy.idle_timeout:
+            return
+        if self._response_started:
+            proxy.metrics.upstream_errors.labels("timeout").inc()
+            self._cut("timeout", f"upstream silent for {proxy.idle_timeout:g} s in the middle of the response")
+        else:
+            detail = f"upstream {proxy.pool.address} sent no response within {proxy.idle_timeout:g} s"
+            self.upstream_failed(504, "timeout", detail)
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.proxy.exchange_finished(self)
+
+    def tunnel_finished(self) -> None:
+        self._finish()
+
+    @property
+    def response_started(self) -> bool:
+        return self._response_started
+
+    @property
+    def path(self) -> str:
+        return self.head.target.partition(b"?")[0].decode("latin-1")
 
 
-def _unsupported_transfer_coding(request: web.BaseRequest) -> bool:
-    # aiohttp accepts e.g. "gzip, chunked" and hands us decoded chunks of still-gzipped data (RFC 9112 §6.1).
-    codings = request.headers.getall("Transfer-Encoding", [])
-    return any(value.strip().lower() != "chunked" for value in codings)
+class _Query:
+    """The `Query` protocol the session extractor reads, over the raw query string (parsed on first use)."""
 
+    __slots__ = ("_raw", "_values")
 
-def _source(extraction: Extraction) -> str | None:
-    return extraction.source.value if extraction.source is not None else None
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+        self._values: dict[str, str] | None = None
 
+    def get(self, key: str) -> str | None:
+        if not self._raw or key.encode("latin-1") not in self._raw:
+            return None
+        if self._values is None:
+            from urllib.parse import parse_qsl
 
-def _abort(request: web.BaseRequest) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
+            self._values = {}
+            for name, value in parse_qsl(self._raw.decode("latin-1"), keep_blank_values=True):
+                self._values.setdefault(name, value)
+        return self._values.get(key)

@@ -1,120 +1,263 @@
-"""Rewrite request and response headers for forwarding (RFC 9110 §7.6); pure functions over multidicts."""
+"""HTTP/1.1 header rules for forwarding (RFC 9110 §7.6, RFC 9112): pure functions over (name, value) byte pairs."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from multidict import CIMultiDict, CIMultiDictProxy, istr
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from proxy.baggage import SESSION_KEY, with_member
 
-# RFC 9110 §7.6.1 hop-by-hop fields, plus the obsolete Proxy-Connection still sent by some clients.
+RawHeaders = Sequence[tuple[bytes, bytes]]
+
+# RFC 9110 §7.6.1 hop-by-hop fields, the obsolete Proxy-Connection still sent by some clients, and
+# HTTP2-Settings, which only means something with an h2c upgrade the proxy never forwards (RFC 7540 §3.2.1).
 HOP_BY_HOP = frozenset(
-    istr(name) for name in ("connection", "proxy-connection", "keep-alive", "te", "transfer-encoding", "upgrade")
+    {b"connection", b"proxy-connection", b"keep-alive", b"te", b"transfer-encoding", b"upgrade", b"http2-settings"}
 )
-# The proxy answered any Expect: 100-continue itself; the upstream gets the body without waiting.
-REQUEST_ONLY_DROPPED = frozenset({istr("expect")})
+# The proxy frames every message itself; the upstream gets Content-Length or chunked from the proxy.
+FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+# The proxy answers Expect: 100-continue itself; the upstream gets the body without waiting.
+REQUEST_ONLY_DROPPED = frozenset({b"expect"})
+TRACE_HEADERS = frozenset(
+    {
+        b"x-datadog-trace-id",
+        b"x-datadog-parent-id",
+        b"x-datadog-sampling-priority",
+        b"x-datadog-origin",
+        b"x-datadog-tags",
+        b"traceparent",
+        b"tracestate",
+    }
+)
 WEBSOCKET_HANDSHAKE = frozenset(
-    istr(name)
-    for name in (
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-protocol",
-    )
+    {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions", b"sec-websocket-protocol"}
 )
-X_FORWARDED_FOR = istr("x-forwarded-for")
-X_FORWARDED_PROTO = istr("x-forwarded-proto")
-X_FORWARDED_HOST = istr("x-forwarded-host")
-HOST = istr("host")
-BAGGAGE = istr("baggage")
-
-HeadersIn = CIMultiDict[str] | CIMultiDictProxy[str]
-
-
-def strip_hop_by_hop(headers: CIMultiDict[str]) -> None:
-    """Remove every field named in Connection, then the hop-by-hop fields themselves, in place."""
-    for value in headers.getall("connection", ()):
-        for name in value.split(","):
-            name = name.strip()
-            if name:
-                headers.popall(name, None)
-    for name in HOP_BY_HOP:
-        headers.popall(name, None)
-
-
-def _normalized(name: str) -> str:
-    return name.lower().replace("_", "-")
+# What the request head scan keeps, besides the configured session headers.
+_INDEXED = frozenset(
+    {
+        b"host",
+        b"content-type",
+        b"content-length",
+        b"content-encoding",
+        b"transfer-encoding",
+        b"connection",
+        b"upgrade",
+        b"expect",
+        b"cookie",
+        b"baggage",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+    }
+    | TRACE_HEADERS
+)
 
 
-def drop_spellings(headers: CIMultiDict[str], name: str) -> None:
-    """Remove `name` in any case and with `_` for `-` (servers such as gunicorn treat them alike)."""
-    target = _normalized(name)
-    for key in [key for key in headers if _normalized(key) == target]:
-        headers.popall(key, None)
+def _tokens(values: Iterable[bytes]) -> list[bytes]:
+    return [token for value in values for part in value.split(b",") if (token := part.strip().lower())]
 
 
-def upstream_request_headers(
-    incoming: HeadersIn,
+@dataclass(slots=True)
+class RequestHead:
+    """A parsed request head: the raw headers in order, and the few fields the proxy decides on, by lower name."""
+
+    method: bytes
+    target: bytes
+    version: bytes  # b"1.1" or b"1.0"
+    headers: RawHeaders
+    index: dict[bytes, list[bytes]] = field(default_factory=dict)
+
+    def get(self, name: bytes) -> bytes | None:
+        values = self.index.get(name)
+        return values[0] if values else None
+
+    def getall(self, name: str, default: list[str]) -> list[str]:
+        """The `Headers` protocol the session extractor reads (names lower-case)."""
+        values = self.index.get(name.encode("latin-1"))
+        return [value.decode("latin-1") for value in values] if values else default
+
+    @property
+    def connection_tokens(self) -> list[bytes]:
+        return _tokens(self.index.get(b"connection", ()))
+
+    @property
+    def transfer_codings(self) -> list[bytes]:
+        return _tokens(self.index.get(b"transfer-encoding", ()))
+
+    @property
+    def query(self) -> bytes:
+        _, _, query = self.target.partition(b"?")
+        return query
+
+
+def scan_request_head(
+    method: bytes, target: bytes, version: bytes, headers: RawHeaders, extra: frozenset[bytes] = frozenset()
+) -> RequestHead:
+    """Index the fields the proxy decides on (and the `extra` lower-case names) in one pass."""
+    index: dict[bytes, list[bytes]] = {}
+    wanted = _INDEXED | extra if extra else _INDEXED
+    for name, value in headers:
+        lower = name.lower()
+        if lower in wanted:
+            index.setdefault(lower, []).append(value)
+    return RequestHead(method, target, version, headers, index)
+
+
+def is_websocket_upgrade(head: RequestHead) -> bool:
+    upgrade = head.get(b"upgrade")
+    return upgrade is not None and upgrade.strip().lower() == b"websocket" and b"upgrade" in head.connection_tokens
+
+
+def _normalized(name: bytes) -> bytes:
+    return name.lower().replace(b"_", b"-")
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardRules:
+    """What the proxy adds and removes on every forwarded request; resolved once from the settings."""
+
+    session_header: bytes
+    preserve_host: bool
+    propagate_baggage: bool
+    upstream_host: bytes  # host[:port] of the upstream, for a client that sent no Host or when not preserved
+    replaces_trace_headers: bool  # trace headers are rewritten by the proxy (else passed through untouched)
+
+    def dropped_names(self, head: RequestHead) -> frozenset[bytes]:
+        names = set(HOP_BY_HOP | FRAMING | REQUEST_ONLY_DROPPED)
+        names.update(head.connection_tokens)  # every field the client named in Connection is hop-by-hop
+        names.update((b"x-forwarded-for", self.session_header))
+        if self.replaces_trace_headers:
+            names.update(TRACE_HEADERS)
+        if self.propagate_baggage:
+            names.add(b"baggage")
+        if not self.preserve_host:
+            names.add(b"host")
+        return frozenset(names)
+
+
+def upstream_request_head(
+    head: RequestHead,
+    rules: ForwardRules,
     *,
-    session_header: str,
+    target: bytes,
     session_id: str | None,
     remote: str | None,
-    scheme: str,
-    preserve_host: bool,
-    propagate_baggage: bool,
-    trace_headers: Mapping[str, str] | None = None,
+    scheme: bytes,
+    trace_headers: Mapping[bytes, bytes],
+    body_framing: bytes | None,
     websocket: bool = False,
-) -> CIMultiDict[str]:
-    """Headers to send upstream: hop-by-hop removed first, then the proxy's own fields added.
+) -> bytes:
+    """The serialized request head to send upstream: hop-by-hop removed first, then the proxy's own fields added.
 
-    The upstream sees in `session_header` only an ID the proxy validated, or nothing.
+    The upstream sees in the session header only an ID the proxy validated, or nothing. `body_framing` is the
+    framing header line the proxy sends the body with (e.g. b"content-length: 12"), or None for no body.
     """
-    headers = CIMultiDict(incoming)
-    strip_hop_by_hop(headers)
-    for name in REQUEST_ONLY_DROPPED:
-        headers.popall(name, None)
+    dropped = rules.dropped_names(head)
+    # Client copies of the fields the proxy owns are removed in `_` spellings too (WSGI servers treat them alike).
+    owned = {rules.session_header}
+    if rules.replaces_trace_headers:
+        owned |= TRACE_HEADERS
     if websocket:
-        for name in WEBSOCKET_HANDSHAKE:
-            headers.popall(name, None)
-    drop_spellings(headers, session_header)
+        dropped -= WEBSOCKET_HANDSHAKE  # the upstream answers the client's handshake itself
+    lines = [b"%s %s HTTP/1.1" % (head.method, target)]
+    for name, value in head.headers:
+        lower = name.lower()
+        if lower in dropped or (b"_" in lower and _normalized(lower) in owned):
+            continue
+        lines.append(name + b": " + value)
 
-    host = incoming.get(HOST)
-    if not preserve_host:
-        headers.popall(HOST, None)
-    forwarded_for = ", ".join(headers.popall(X_FORWARDED_FOR, ()))
+    host = head.get(b"host")
+    if not rules.preserve_host or host is None:
+        lines.append(b"host: " + rules.upstream_host)
+    forwarded_for = b", ".join(head.index.get(b"x-forwarded-for", ()))
     if remote:
-        forwarded_for = f"{forwarded_for}, {remote}" if forwarded_for else remote
+        peer = remote.encode("ascii")
+        forwarded_for = forwarded_for + b", " + peer if forwarded_for else peer
     if forwarded_for:
-        headers[X_FORWARDED_FOR] = forwarded_for
+        lines.append(b"x-forwarded-for: " + forwarded_for)
     # A proxy in front of us (the ingress) knows the original scheme and host better than we do.
-    headers.setdefault(X_FORWARDED_PROTO, scheme)
-    if host:
-        headers.setdefault(X_FORWARDED_HOST, host)
-
-    if trace_headers:
-        for trace_name, value in trace_headers.items():
-            if trace_name.lower() != "baggage":  # the proxy owns the baggage rewrite below
-                headers[trace_name] = value
+    if b"x-forwarded-proto" not in head.index:
+        lines.append(b"x-forwarded-proto: " + scheme)
+    if host is not None and b"x-forwarded-host" not in head.index:
+        lines.append(b"x-forwarded-host: " + host)
+    for name, value in trace_headers.items():
+        lines.append(name + b": " + value)
     if session_id is not None:
-        headers[session_header] = session_id
-    if propagate_baggage:
-        _rewrite_baggage(headers, session_id)
-    return headers
+        lines.append(rules.session_header + b": " + session_id.encode("ascii"))
+    if rules.propagate_baggage:
+        baggage = rewrite_baggage(head.index.get(b"baggage", ()), session_id)
+        if baggage is not None:
+            lines.append(b"baggage: " + baggage)
+    if websocket:
+        lines.append(b"connection: upgrade")
+        lines.append(b"upgrade: websocket")
+    elif body_framing is not None:
+        lines.append(body_framing)
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
 
 
-def _rewrite_baggage(headers: CIMultiDict[str], session_id: str | None) -> None:
-    current = headers.getall(BAGGAGE, [])
-    if session_id is None and not any(SESSION_KEY in value for value in current):
-        return  # nothing to add and no client-sent session.id to drop: forward untouched
-    rewritten = with_member(current, SESSION_KEY, session_id)
-    headers.popall(BAGGAGE, None)
-    if rewritten is not None:
-        headers[BAGGAGE] = rewritten
+def rewrite_baggage(values: Sequence[bytes], session_id: str | None) -> bytes | None:
+    """The baggage to forward: `session.id` set to the validated ID, or removed when there is none.
+
+    A header with no client-sent `session.id` and nothing to add goes through verbatim.
+    """
+    if session_id is None and not any(b"session.id" in value for value in values):
+        return b",".join(values) if values else None
+    try:
+        decoded = [value.decode("ascii") for value in values]
+    except UnicodeDecodeError:
+        return b",".join(values)  # not baggage at all: forwarded untouched, never rewritten
+    rewritten = with_member(decoded, SESSION_KEY, session_id)
+    return rewritten.encode("ascii") if rewritten is not None else None
 
 
-def downstream_response_headers(upstream: HeadersIn) -> CIMultiDict[str]:
-    """Headers to return to the client: the upstream's, without hop-by-hop fields."""
-    headers = CIMultiDict(upstream)
-    strip_hop_by_hop(headers)
-    return headers
+@dataclass(frozen=True, slots=True)
+class ResponseFraming:
+    """How a response body is delimited: "none", "length", "chunked" or "eof" (until the upstream closes)."""
+
+    kind: str
+    content_length: int | None = None
+
+
+def response_framing(status: int, request_method: bytes, headers: RawHeaders) -> ResponseFraming:
+    """RFC 9112 §6.3: which body an upstream response carries."""
+    if request_method == b"HEAD" or status < 200 or status in (204, 304):
+        return ResponseFraming("none")
+    length: bytes | None = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"transfer-encoding" and _tokens((value,))[-1:] == [b"chunked"]:
+            return ResponseFraming("chunked")  # llhttp already refused Transfer-Encoding with Content-Length
+        if lower == b"content-length":
+            length = value
+    if length is not None:
+        return ResponseFraming("length", int(length))
+    return ResponseFraming("eof")
+
+
+def downstream_response_head(
+    status: int, reason: bytes, headers: RawHeaders, *, framing: ResponseFraming, chunked_to_client: bool
+) -> bytes:
+    """The response head to return to the client: the upstream's fields without hop-by-hop ones, reframed.
+
+    A body the upstream delimited by chunks or by closing goes to an HTTP/1.1 client chunked
+    (`chunked_to_client`), so the client connection can stay open.
+    """
+    connection_named = set(_tokens(value for name, value in headers if name.lower() == b"connection"))
+    keep_length = framing.kind in ("length", "none")  # HEAD and 304 keep the representation's length
+    lines = [b"HTTP/1.1 %d %s" % (status, reason)]
+    for name, value in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in connection_named:
+            continue
+        if lower == b"content-length" and not keep_length:
+            continue
+        lines.append(name + b": " + value)
+    if status == 101:  # the WebSocket handshake answer keeps its upgrade fields
+        lines.append(b"connection: upgrade")
+        lines.append(b"upgrade: websocket")
+    elif chunked_to_client:
+        lines.append(b"transfer-encoding: chunked")
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)

@@ -29,6 +29,12 @@ class Metrics:
             ("kind",),
             registry=self.registry,
         )
+        self.bad_requests = Counter(
+            "rum_proxy_bad_requests",
+            "Malformed requests refused before anything was forwarded, by reason.",
+            ("reason",),
+            registry=self.registry,
+        )
         self.request_duration = Histogram(
             "rum_proxy_request_duration_seconds",
             "Time from request start to the end of the response (streams included).",

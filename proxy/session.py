@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -14,7 +15,14 @@ from config.settings import SessionSource
 from proxy.baggage import SESSION_KEY, baggage_value
 from proxy.cookies import rum_session_from_cookies
 
-__all__ = ["SessionSource", "Extraction", "SessionExtractor", "validate_session_id", "body_kind"]
+__all__ = [
+    "SessionSource",
+    "Extraction",
+    "SessionExtractor",
+    "validate_session_id",
+    "body_kind",
+    "inspectable_body",
+]
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _UNICODE_ESCAPE = b"\\u"
@@ -66,6 +74,32 @@ def body_kind(content_type: str | None) -> str | None:
     if media_type == "application/x-www-form-urlencoded":
         return "form"
     return None
+
+
+def inspectable_body(body: bytes, content_encoding: bytes | None, limit: int) -> bytes | None:
+    """The body as the extractor reads it: decompressed for gzip and deflate, never beyond `limit` bytes.
+
+    None when it cannot be read safely (an unknown coding, a corrupt stream, or more than `limit` once
+    decompressed: a small "zip bomb" never costs more than `limit` bytes of memory).
+    """
+    coding = content_encoding.strip().lower() if content_encoding else b""
+    if coding in (b"", b"identity"):
+        return body
+    if coding in (b"gzip", b"x-gzip"):
+        wbits = 16 + zlib.MAX_WBITS
+    elif coding == b"deflate":
+        # RFC 9110 §8.4.1.2: zlib-wrapped; some clients send raw deflate, which the zlib header check tells apart.
+        wbits = zlib.MAX_WBITS if len(body) >= 2 and (body[0] * 256 + body[1]) % 31 == 0 else -zlib.MAX_WBITS
+    else:
+        return None
+    decoder = zlib.decompressobj(wbits)
+    try:
+        plain = decoder.decompress(body, limit + 1)
+    except zlib.error:
+        return None
+    if len(plain) > limit or not decoder.eof:
+        return None
+    return plain
 
 
 def json_field(body: bytes, path: tuple[str, ...]) -> object | None:

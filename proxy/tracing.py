@@ -31,7 +31,7 @@ class Tracing:
             child_of=parent if parent.trace_id is not None else None,
             resource=f"{method} {path}",
             span_type="web",
-            activate=True,
+            activate=False,  # many requests share one thread and context: the span is passed, never global
         )
         span.set_tag("span.kind", "server")
         span.set_tag("component", "rum-llmobs-proxy")
@@ -50,6 +50,13 @@ class Tracing:
         headers: dict[str, str] = {}
         HTTPPropagator.inject(span, headers)
         return headers
+
+    @staticmethod
+    def log_ids(span: Span) -> dict[str, str]:
+        """dd.trace_id / dd.span_id as ddtrace writes them into log lines (128-bit trace ids in hex)."""
+        trace_id = span.trace_id
+        rendered = f"{trace_id:032x}" if trace_id >> 64 else str(trace_id)
+        return {"dd.trace_id": rendered, "dd.span_id": str(span.span_id)}
 
     @staticmethod
     def finish(span: Span | None, status: int, error: str | None = None) -> None:

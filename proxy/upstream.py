@@ -1,37 +1,259 @@
-"""The one ClientSession used to reach the upstream, configured to pass bytes through untouched."""
+"""Connections to the upstream: a keep-alive pool, and the protocol that parses each response with llhttp.
+
+A connection goes back to the pool only after a cleanly framed response to a fully sent request; any error,
+early close or unread body discards it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import errno
+import os
+from typing import Protocol, cast
 
-from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector, web
+import httptools
 
-from proxy.keys import SETTINGS, UPSTREAM_SESSION
-
-# aiohttp would otherwise add its own Accept, Accept-Encoding, User-Agent and Content-Type.
-SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+from proxy.flow import ReadGate, WriteBatch
 
 
-async def upstream_session(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: one pooled session for the app's lifetime."""
-    settings = app[SETTINGS]
-    connector = TCPConnector(limit=settings.max_connections, limit_per_host=0, force_close=False)
-    # No total cap: an LLM stream may legitimately last longer than any fixed limit; connect and idle
-    # (socket read) timeouts catch dead upstreams instead.
-    timeout = ClientTimeout(
-        total=None,
-        connect=None,
-        sock_connect=settings.connect_timeout_seconds,
-        sock_read=settings.idle_timeout_seconds,
-    )
-    session = ClientSession(
-        connector=connector,
-        timeout=timeout,
-        auto_decompress=False,
-        cookie_jar=DummyCookieJar(),
-        skip_auto_headers=SKIP_AUTO_HEADERS,
-        trust_env=False,
-    )
-    app[UPSTREAM_SESSION] = session
-    yield
-    await session.close()
+class ResponseListener(Protocol):
+    """What an upstream connection reports to the exchange using it (see proxy/forward.py)."""
+
+    def on_response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep: bool) -> None: ...
+    def on_response_body(self, chunk: bytes) -> None: ...
+    def on_response_complete(self) -> None: ...
+    def on_upgraded(self, rest: bytes) -> None: ...
+    def on_upstream_error(self, detail: str) -> None: ...
+    def on_upstream_lost(self, exc: Exception | None) -> None: ...
+    def on_tunnel_data(self, data: bytes) -> None: ...
+    def upstream_writable(self, writable: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One TCP connection to the upstream, serving one exchange at a time."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.gate: ReadGate | None = None
+        self.listener: ResponseListener | None = None
+        self.closed = False
+        self.reusable = True
+        self.used = False  # served an exchange before: a close before any answer may be a stale keep-alive
+        self.got_bytes = False  # any byte of the current response arrived
+        self.idle_since = 0.0
+        self.tunnel = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._skip_body = False
+        self._out: list[bytes] = []
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.gate = ReadGate(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        listener = self.listener
+        if self.tunnel and listener is not None:
+            listener.on_tunnel_data(data)
+            return
+        if listener is None:  # bytes nobody asked for: this connection is out of step, never reuse it
+            self.discard()
+            return
+        self.got_bytes = True
+        batch = self.pool.batch
+        batch.depth += 1
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self.tunnel = True
+            listener.on_upgraded(data[upgrade.args[0] :])
+        except httptools.HttpParserError as exc:
+            self.reusable = False
+            if self.listener is not None:
+                self.listener.on_upstream_error(_parser_reason(exc))
+        finally:
+            batch.end()
+        if self._skip_body:  # a HEAD response: llhttp would wait for the body its Content-Length announces
+            self._skip_body = False
+            self._parser = httptools.HttpResponseParser(self)
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost reports it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.on_upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.listener is not None:
+            self.listener.upstream_writable(False)
+
+    def resume_writing(self) -> None:
+        if self.listener is not None:
+            self.listener.upstream_writable(True)
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._reason = b""
+        self._headers = []
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.listener is not None:
+            keep = self._parser.should_keep_alive()
+            self.listener.on_response_head(self._parser.get_status_code(), self._reason, self._headers, keep)
+
+    def on_body(self, body: bytes) -> None:
+        if self.listener is not None:
+            self.listener.on_response_body(body)
+        else:
+            self.reusable = False
+
+    def on_message_complete(self) -> None:
+        if self.listener is not None:
+            self.listener.on_response_complete()
+
+    # used by the exchange
+
+    def attach(self, listener: ResponseListener) -> None:
+        self.listener = listener
+        self.got_bytes = False
+
+    def skip_body(self) -> None:
+        """The response to HEAD has no body whatever its framing headers say; the next bytes are a new response."""
+        self._skip_body = True
+
+    def write(self, data: bytes) -> None:
+        """Send `data`; inside a batch (one read event's work) writes are joined into one send."""
+        batch = self.pool.batch
+        if batch.depth:
+            if not self._out:
+                batch.dirty.append(self)
+            self._out.append(data)
+            return
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        out, self._out = self._out, []
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def discard(self) -> None:
+        """Close now and never reuse: the state of this connection is unknown."""
+        self.reusable = False
+        self.listener = None
+        self._out = []
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+
+class UpstreamPool:
+    """Keep-alive connections to the one upstream, newest first; idle ones expire before the upstream's own
+    keep-alive timeout would close them under a request."""
+
+    def __init__(
+        self, host: str, port: int, *, connect_timeout: float, keepalive_seconds: float, batch: WriteBatch
+    ) -> None:
+        self.batch = batch
+        self.host, self.port = host, port
+        self.address = f"{host}:{port}"
+        self._connect_timeout = connect_timeout
+        self._keepalive = keepalive_seconds
+        self._idle: list[UpstreamConnection] = []
+        self._all: set[UpstreamConnection] = set()
+        self._loop = asyncio.get_running_loop()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def take_idle(self) -> UpstreamConnection | None:
+        now = self._loop.time()
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.closed or connection.transport is None or connection.transport.is_closing():
+                continue
+            if now - connection.idle_since >= self._keepalive:
+                connection.discard()
+                continue
+            return connection
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        """A new connection; raises UpstreamConnectError with the failure in plain words."""
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, connection = await self._loop.create_connection(
+                    lambda: UpstreamConnection(self), self.host, self.port
+                )
+        except TimeoutError:
+            raise UpstreamConnectError(
+                f"upstream {self.address} did not accept the connection within {self._connect_timeout:g} s",
+                timeout=True,
+            ) from None
+        except OSError as exc:
+            reason = os.strerror(exc.errno).lower() if exc.errno else (exc.strerror or str(exc))
+            if exc.errno == errno.ECONNREFUSED:
+                reason = "connection refused"
+            raise UpstreamConnectError(f"cannot connect to upstream {self.address}: {reason}") from None
+        self._all.add(connection)
+        return connection
+
+    def release(self, connection: UpstreamConnection) -> None:
+        connection.listener = None
+        if not connection.reusable or connection.closed or connection.tunnel or self._keepalive <= 0:
+            connection.discard()
+            return
+        connection.used = True
+        connection.idle_since = self._loop.time()
+        self._idle.append(connection)
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_later(self._keepalive, self._sweep)
+
+    def forget(self, connection: UpstreamConnection) -> None:
+        self._all.discard(connection)
+
+    def _sweep(self) -> None:
+        """Close idle connections past their keep-alive, so the upstream is not left holding them."""
+        self._sweeper = None
+        now = self._loop.time()
+        keep = []
+        for connection in self._idle:
+            if connection.closed:
+                continue
+            if now - connection.idle_since >= self._keepalive:
+                connection.discard()
+            else:
+                keep.append(connection)
+        self._idle = keep
+        if keep:
+            self._sweeper = self._loop.call_later(self._keepalive, self._sweep)
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for connection in list(self._all):
+            connection.discard()
+        self._idle.clear()
+
+
+class UpstreamConnectError(Exception):
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+def _parser_reason(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text[:200]

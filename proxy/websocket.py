@@ -1,162 +1,184 @@
-"""Bridge a WebSocket between the client and the upstream: text, binary, ping/pong and close codes."""
+"""A WebSocket tunnel: after the upstream's 101, bytes flow both ways untouched (frames, extensions, pings).
+
+The proxy only tracks frame boundaries (RFC 6455 §5.2), so that it can send a close frame of its own at a
+boundary: 1001 to both ends on shutdown, 1011 to the end whose peer vanished without a close frame, and 1009 to
+both when a frame exceeds RUM_PROXY_WS_MAX_MESSAGE_BYTES (that frame is never forwarded).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Callable
-from typing import Any
+import os
+import struct
+import time
+from typing import TYPE_CHECKING
 
 import structlog
-from aiohttp import (
-    ClientError,
-    ClientSession,
-    ClientWebSocketResponse,
-    ClientWSTimeout,
-    WSMsgType,
-    WSServerHandshakeError,
-    web,
-)
-from multidict import CIMultiDict
-from yarl import URL
 
-from proxy.errors import UpstreamFailure, error_response
-from proxy.metrics import Metrics
+if TYPE_CHECKING:
+    from proxy.app import Proxy
+    from proxy.forward import Exchange
+    from proxy.server import ClientConnection
+    from proxy.upstream import UpstreamConnection
 
 logger = structlog.get_logger()
 
 GOING_AWAY = 1001
+TOO_BIG = 1009
 INTERNAL_ERROR = 1011
-NORMAL = 1000
-# RFC 6455 §7.4.1: 1005, 1006 and 1015 describe a close, they can never be sent in a close frame.
-_UNSENDABLE = {1005: NORMAL, 1006: INTERNAL_ERROR, 1015: INTERNAL_ERROR}
-
-AnyWebSocket = web.WebSocketResponse | ClientWebSocketResponse
+OPCODE_CLOSE = 0x8
 
 
-def is_websocket_upgrade(request: web.BaseRequest) -> bool:
-    upgrade = request.headers.get("Upgrade", "")
-    return upgrade.lower() == "websocket" and "upgrade" in request.headers.get("Connection", "").lower()
+def close_frame(code: int, reason: bytes = b"", *, masked: bool) -> bytes:
+    """A close frame; frames a client sends are masked (RFC 6455 §5.3), a server's are not."""
+    payload = struct.pack("!H", code) + reason[:123]
+    if not masked:
+        return bytes((0x80 | OPCODE_CLOSE, len(payload))) + payload
+    key = os.urandom(4)
+    masked_payload = bytes(byte ^ key[index % 4] for index, byte in enumerate(payload))
+    return bytes((0x80 | OPCODE_CLOSE, 0x80 | len(payload))) + key + masked_payload
 
 
-def sendable_close_code(code: int | None) -> int:
-    if code is None or code == 0:
-        return NORMAL
-    if code in _UNSENDABLE:
-        return _UNSENDABLE[code]
-    if 1000 <= code <= 1014 or 3000 <= code <= 4999:
-        return code
-    return INTERNAL_ERROR
+class FrameTracker:
+    """Follows frame boundaries in one direction of a WebSocket, reading only the frame headers."""
+
+    __slots__ = ("_limit", "_header", "_remaining", "close_seen", "too_large")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._header = b""
+        self._remaining = 0
+        self.close_seen = False
+        self.too_large = False
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._remaining == 0 and not self._header
+
+    def feed(self, data: bytes) -> int:
+        """Consume `data`; return how many of its bytes may be forwarded (all, unless a frame is too large)."""
+        position, size = 0, len(data)
+        while position < size:
+            if self._remaining:
+                step = min(self._remaining, size - position)
+                self._remaining -= step
+                position += step
+                continue
+            frame_start = position if not self._header else 0  # a header begun earlier was already forwarded
+            header = self._header + data[position : position + 14 - len(self._header)]
+            needed = _header_length(header)
+            if needed is None or len(header) < needed:
+                self._header = header
+                return size
+            position += needed - len(self._header)
+            self._header = b""
+            length = _payload_length(header)
+            if header[0] & 0x0F == OPCODE_CLOSE:
+                self.close_seen = True
+            if length > self._limit:
+                self.too_large = True
+                return frame_start
+            self._remaining = length
+        return size
 
 
-class WebSocketBridge:
-    """Bridges upgrade requests and tracks open bridges so shutdown can close them with 1001."""
-
-    def __init__(self, session_getter: Callable[[], ClientSession], metrics: Metrics, max_message_bytes: int):
-        self._session_getter = session_getter
-        self._metrics = metrics
-        self._max_message_bytes = max_message_bytes
-        self._open: set[tuple[web.WebSocketResponse, ClientWebSocketResponse]] = set()
-
-    async def bridge(self, request: web.Request, url: URL, headers: CIMultiDict[str]) -> web.StreamResponse:
-        protocols = tuple(
-            p.strip() for value in request.headers.getall("Sec-WebSocket-Protocol", []) for p in value.split(",")
-        )
-        try:
-            upstream = await self._session_getter().ws_connect(
-                url,
-                headers=headers,
-                protocols=tuple(p for p in protocols if p),
-                autoping=False,
-                autoclose=False,
-                max_msg_size=self._max_message_bytes,
-                timeout=ClientWSTimeout(ws_receive=None, ws_close=10.0),
-                compress=0,
-            )
-        except WSServerHandshakeError as exc:
-            status = exc.status if 400 <= exc.status <= 599 else 502
-            return error_response(status, "websocket_refused", f"upstream refused the WebSocket: {exc.status}")
-        except (ClientError, TimeoutError) as exc:
-            if isinstance(exc, TimeoutError):
-                raise UpstreamFailure(504, "upstream_timeout", "timeout", f"upstream timed out: {exc}") from None
-            raise UpstreamFailure(
-                502, "upstream_unavailable", "connect", f"cannot connect to upstream: {exc}"
-            ) from None
-
-        client = web.WebSocketResponse(
-            protocols=(upstream.protocol,) if upstream.protocol else (),
-            autoping=False,
-            autoclose=False,
-            max_msg_size=self._max_message_bytes,
-            compress=False,
-        )
-        pair = (client, upstream)
-        try:
-            await client.prepare(request)
-            self._open.add(pair)
-            self._metrics.open_websockets.inc()
-            await self._relay(client, upstream)
-        finally:
-            if pair in self._open:
-                self._open.discard(pair)
-                self._metrics.open_websockets.dec()
-            if not upstream.closed:
-                await upstream.close(code=GOING_AWAY)
-            if not client.closed:
-                await client.close(code=GOING_AWAY)
-        return client
-
-    async def _relay(self, client: web.WebSocketResponse, upstream: ClientWebSocketResponse) -> None:
-        to_upstream = asyncio.create_task(_pump(client, upstream))
-        to_client = asyncio.create_task(_pump(upstream, client))
-        try:
-            done, _ = await asyncio.wait((to_upstream, to_client), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            to_upstream.cancel()
-            to_client.cancel()
-            raise
-        first = to_upstream if to_upstream in done else to_client
-        other = to_client if first is to_upstream else to_upstream
-        other.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await other
-        try:
-            code, reason = first.result()
-        except Exception as exc:  # a failed send on one leg closes both with an error code
-            logger.info("websocket_relay_error", detail=repr(exc))
-            code, reason = INTERNAL_ERROR, b""
-        closed_by, peer = (client, upstream) if first is to_upstream else (upstream, client)
-        await _close(peer, code, reason)
-        await _close(closed_by, code, reason)
-
-    async def close_all(self) -> None:
-        """On shutdown: tell both ends of every bridge the proxy is going away (1001)."""
-        for client, upstream in list(self._open):
-            await _close(client, GOING_AWAY, b"proxy shutting down")
-            await _close(upstream, GOING_AWAY, b"proxy shutting down")
+def _header_length(header: bytes) -> int | None:
+    if len(header) < 2:
+        return None
+    length7 = header[1] & 0x7F
+    extra = 2 if length7 == 126 else 8 if length7 == 127 else 0
+    return 2 + extra + (4 if header[1] & 0x80 else 0)
 
 
-async def _pump(source: AnyWebSocket, sink: AnyWebSocket) -> tuple[int, bytes]:
-    """Relay messages until `source` closes; return its close code and reason."""
-    while True:
-        message = await source.receive()
-        kind = message.type
-        if kind is WSMsgType.TEXT:
-            await sink.send_str(message.data)
-        elif kind is WSMsgType.BINARY:
-            await sink.send_bytes(message.data)
-        elif kind is WSMsgType.PING:
-            await sink.ping(message.data)
-        elif kind is WSMsgType.PONG:
-            await sink.pong(message.data)
-        elif kind is WSMsgType.CLOSE:
-            return sendable_close_code(message.data), (message.extra or "").encode()
-        else:  # CLOSING, CLOSED, ERROR: the peer vanished without a close frame
-            return sendable_close_code(source.close_code or 1006), b""
+def _payload_length(header: bytes) -> int:
+    length7 = header[1] & 0x7F
+    if length7 == 126:
+        return int(struct.unpack("!H", header[2:4])[0])
+    if length7 == 127:
+        return int(struct.unpack("!Q", header[2:10])[0])
+    return length7
 
 
-async def _close(ws: Any, code: int, reason: bytes) -> None:
-    if ws.closed:
-        return
-    with contextlib.suppress(Exception):
-        await ws.close(code=sendable_close_code(code), message=reason[:123])
+class Tunnel:
+    """Relays a WebSocket between the client connection and its own upstream connection (never pooled)."""
+
+    def __init__(self, proxy: Proxy, exchange: Exchange, client: ClientConnection, upstream: UpstreamConnection):
+        self.proxy = proxy
+        self.exchange = exchange
+        self.client = client
+        self.upstream = upstream
+        self.to_upstream = FrameTracker(proxy.ws_max_frame)
+        self.to_client = FrameTracker(proxy.ws_max_frame)
+        self.closed = False
+        self._going_away = False
+        upstream.listener = self  # type: ignore[assignment]  # the tunnel takes the upstream's events now
+        proxy.tunnels.add(self)
+        proxy.metrics.open_websockets.inc()
+        self.opened = time.monotonic()
+
+    def from_client(self, data: bytes) -> None:
+        allowed = self.to_upstream.feed(data)
+        if allowed:
+            self.upstream.write(data[:allowed] if allowed < len(data) else data)
+        if self.to_upstream.too_large:
+            self._too_large()
+
+    def on_tunnel_data(self, data: bytes) -> None:
+        self.from_upstream(data)
+
+    def from_upstream(self, data: bytes) -> None:
+        allowed = self.to_client.feed(data)
+        if allowed:
+            self.client.write(data[:allowed] if allowed < len(data) else data)
+        if self.to_client.too_large:
+            self._too_large()
+
+    def _too_large(self) -> None:
+        if self.closed:
+            return
+        reason = b"frame too large"
+        self.client.write(close_frame(TOO_BIG, reason, masked=False))
+        self.upstream.write(close_frame(TOO_BIG, reason, masked=True))
+        self._end(INTERNAL_ERROR)
+
+    def go_away(self) -> None:
+        """Shutdown: a 1001 close frame to both ends (each at a frame boundary); the ends then close."""
+        if self.closed or self._going_away:
+            return
+        self._going_away = True
+        reason = b"proxy shutting down"
+        if self.to_client.at_boundary and not self.to_client.close_seen:
+            self.client.write(close_frame(GOING_AWAY, reason, masked=False))
+        if self.to_upstream.at_boundary and not self.to_upstream.close_seen:
+            self.upstream.write(close_frame(GOING_AWAY, reason, masked=True))
+
+    def client_lost(self) -> None:
+        if self.closed:
+            return
+        if not self.to_upstream.close_seen and self.to_upstream.at_boundary:
+            self.upstream.write(close_frame(GOING_AWAY, b"client went away", masked=True))
+        self._end(None)
+
+    def on_upstream_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        if not self.to_client.close_seen and self.to_client.at_boundary:
+            # The upstream vanished without a close frame (1006, which cannot be sent): tell the client 1011.
+            self.client.write(close_frame(INTERNAL_ERROR, b"upstream went away", masked=False))
+        self._end(None)
+
+    def client_writable(self, writable: bool) -> None:
+        gate = self.upstream.gate
+        if gate is not None:
+            (gate.resume if writable else gate.pause)("client")
+
+    def upstream_writable(self, writable: bool) -> None:
+        (self.client.gate.resume if writable else self.client.gate.pause)("upstream")
+
+    def _end(self, _code: int | None) -> None:
+        self.closed = True
+        self.proxy.tunnels.discard(self)
+        self.proxy.metrics.open_websockets.dec()
+        if self.upstream.transport is not None and not self.upstream.closed:
+            self.upstream.transport.close()
+        self.exchange.tunnel_finished()
+        self.client.tunnel_closed()

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiohttp import WSMsgType, web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import ClientSession, DummyCookieJar, WSMsgType, web
+from aiohttp.test_utils import TestServer
+from yarl import URL
 
 from config.settings import Settings
-from proxy.app import create_app
+from proxy.app import Proxy
+from proxy.server import ClientConnection
 
 SESSION_ID = "9f3c2a4e-5b6d-4c7e-8f90-a1b2c3d4e5f6"
 OTHER_ID = "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d"
@@ -155,7 +157,31 @@ async def upstream() -> Any:
     await server.close()
 
 
-ProxyFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+class ProxyClient:
+    """A real proxy (the same Proxy and protocol the CLI serves) on a loopback port, and an HTTP client for it."""
+
+    def __init__(self, proxy: Proxy, server: asyncio.Server, session: ClientSession) -> None:
+        self.proxy = proxy
+        self.server = server
+        self.session = session
+        self.port: int = server.sockets[0].getsockname()[1]
+        self.host = "127.0.0.1"
+
+    def make_url(self, path: str) -> URL:
+        return URL(f"http://127.0.0.1:{self.port}{path}")
+
+    def __getattr__(self, name: str) -> Any:  # get, post, request, ws_connect, … relative to the proxy's URL
+        return getattr(self.session, name)
+
+    async def close(self) -> None:
+        await self.session.close()
+        self.proxy.drain()
+        self.server.close()
+        await self.proxy.wait_closed(1.0)
+        await self.server.wait_closed()
+
+
+ProxyFactory = Callable[..., Awaitable[ProxyClient]]
 
 
 def make_settings(upstream_url: str, **overrides: Any) -> Settings:
@@ -164,26 +190,39 @@ def make_settings(upstream_url: str, **overrides: Any) -> Settings:
     return Settings.model_validate(values)
 
 
+async def start_proxy(settings: Settings, *, tracing: bool = False) -> ProxyClient:
+    proxy = Proxy(settings, tracing_enabled=tracing)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: ClientConnection(proxy), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    session = ClientSession(base_url=f"http://127.0.0.1:{port}", cookie_jar=DummyCookieJar(), auto_decompress=False)
+    return ProxyClient(proxy, server, session)
+
+
 @pytest.fixture
-async def make_proxy(aiohttp_client: Any, upstream: Upstream) -> ProxyFactory:
-    async def factory(tracing: bool = False, upstream_url: str | None = None, **overrides: Any) -> Any:
-        settings = make_settings(upstream_url or upstream.url, **overrides)
-        app = create_app(settings, tracing_enabled=tracing)
-        return await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+async def make_proxy(upstream: Upstream) -> AsyncIterator[ProxyFactory]:
+    clients: list[ProxyClient] = []
 
-    return factory
+    async def factory(tracing: bool = False, upstream_url: str | None = None, **overrides: Any) -> ProxyClient:
+        if tracing:
+            overrides.setdefault("apm_span", True)
+        client = await start_proxy(make_settings(upstream_url or upstream.url, **overrides), tracing=tracing)
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        await client.close()
 
 
 @pytest.fixture
-async def proxy(make_proxy: ProxyFactory) -> Any:
+async def proxy(make_proxy: ProxyFactory) -> ProxyClient:
     return await make_proxy()
 
 
-async def metric(client: Any, sample: str) -> float | None:
+async def metric(client: ProxyClient, sample: str) -> float | None:
     """The value of one sample line of the proxy's /metrics output, e.g. `name{label="x"}`."""
-    from proxy.keys import METRICS
-
-    body, _ = client.server.app[METRICS].render(None)
+    body, _ = client.proxy.metrics.render(None)
     for line in body.decode().splitlines():
         if line.startswith(sample + " "):
             return float(line.rsplit(" ", 1)[1])

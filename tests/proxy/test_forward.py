@@ -244,7 +244,7 @@ async def test_http_1_0_client_gets_a_complete_response(proxy: Any, upstream: Up
         answer = await reader.read()  # HTTP/1.0 without Content-Length: the end of the body is the close
     writer.close()
     head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200")
+    assert head.startswith(b"HTTP/1.1 200")  # RFC 9110 §2.5: a server answers with its own version
     assert b"chunked" not in head.lower()
     assert body == b"data: chunk 0\n\ndata: chunk 1\n\ndata: chunk 2\n\n"
 
