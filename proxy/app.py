@@ -11,6 +11,7 @@ import structlog
 from config.settings import Settings
 from proxy.flow import WriteBatch
 from proxy.headers import ForwardRules
+from proxy.log import log_request
 from proxy.metrics import Metrics
 from proxy.session import Extraction, SessionExtractor
 from proxy.trace_context import propagate
@@ -164,9 +165,8 @@ class Proxy:
         elif exchange.log_trace_id is not None:
             fields["dd.trace_id"] = exchange.log_trace_id
         if exchange.error is not None:
-            logger.warning("request", error=exchange.error, **fields)
-        else:
-            logger.info("request", **fields)
+            fields["error"] = exchange.error
+        log_request(fields, warning=exchange.error is not None)
         if exchange.span is not None:
             self.tracing.finish(exchange.span, exchange.status, exchange.error)  # type: ignore[arg-type]
 

@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(settings.model_dump(mode="json"), indent=2))
         return 0
+    raise_open_files_limit()
+    if settings.workers > 1:
+        from proxy.workers import prepare_shared_metrics
+
+        prepare_shared_metrics()  # before prometheus_client is imported anywhere
     from ddtrace.trace import tracer
 
     from proxy.log import configure_logging
@@ -64,11 +69,30 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format, trace_correlation=tracing)
     import uvloop
 
+    if settings.workers > 1:
+        from proxy.workers import supervise
+
+        return supervise(settings, tracing_enabled=tracing)
     return uvloop.run(serve(settings, tracing_enabled=tracing))
 
 
-async def serve(settings: Settings, *, tracing_enabled: bool) -> int:
-    """Listen, serve until SIGTERM/SIGINT, drain within the grace period, exit 0."""
+def raise_open_files_limit() -> None:
+    """Each stream holds two sockets: lift the soft limit on open files to the hard one (often 1024 → 1M)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+async def serve(settings: Settings, *, tracing_enabled: bool, admin: bool = True, worker: int | None = None) -> int:
+    """Listen, serve until SIGTERM/SIGINT, drain within the grace period, exit 0.
+
+    With `admin` False (a worker of RUM_PROXY_WORKERS), the supervisor serves the admin port instead.
+    """
     from proxy.app import Proxy
     from proxy.health import create_admin_app
     from proxy.server import ClientConnection
@@ -76,7 +100,8 @@ async def serve(settings: Settings, *, tracing_enabled: bool) -> int:
     loop = asyncio.get_running_loop()
     proxy = Proxy(settings, tracing_enabled=tracing_enabled)
     admin_runner = web.AppRunner(create_admin_app(proxy.lifecycle, proxy.metrics), access_log=None)
-    await admin_runner.setup()
+    if admin:
+        await admin_runner.setup()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -86,18 +111,21 @@ async def serve(settings: Settings, *, tracing_enabled: bool) -> int:
             settings.host,
             settings.port,
             backlog=1024,
-            reuse_port=settings.reuse_port,
+            reuse_port=settings.reuse_port or worker is not None,
         )
-        admin_site = web.TCPSite(admin_runner, settings.admin_host, settings.admin_port)
-        await admin_site.start()
+        if admin:
+            admin_site = web.TCPSite(admin_runner, settings.admin_host, settings.admin_port)
+            await admin_site.start()
     except OSError as error:
         logger.error("cannot_listen", detail=str(error))
-        await admin_runner.cleanup()
+        if admin:
+            await admin_runner.cleanup()
         return 1
     logger.info(
         "listening",
         proxy=[f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets],
-        admin=_addresses(admin_runner),
+        admin=_addresses(admin_runner) if admin else None,
+        worker=worker,
         upstream=str(settings.upstream_url),
         sources=[s.value for s in settings.sources],
         trace_propagation=settings.propagate_trace,
@@ -111,7 +139,8 @@ async def serve(settings: Settings, *, tracing_enabled: bool) -> int:
     server.close()
     proxy.drain()
     await proxy.wait_closed(settings.shutdown_grace_seconds)
-    await admin_runner.cleanup()
+    if admin:
+        await admin_runner.cleanup()
     logger.info("stopped")
     return 0
 

@@ -7,6 +7,7 @@ import atexit
 import logging
 import sys
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 import orjson
@@ -78,6 +79,24 @@ class LineWriter:
 
 
 _writer: LineWriter | None = None
+_fast_json_level: int | None = None  # set when request lines may skip structlog's processor chain
+
+
+def log_request(fields: dict[str, Any], *, warning: bool) -> None:
+    """The one `request` line per request. In JSON it is rendered directly, the same line structlog would write
+    (fields, event, level, timestamp) at a third of the cost; otherwise through structlog."""
+    level = logging.WARNING if warning else logging.INFO
+    if _fast_json_level is not None and _writer is not None:
+        if level >= _fast_json_level:
+            fields["event"] = "request"
+            fields["level"] = "warning" if warning else "info"
+            fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            _writer.msg(orjson.dumps(fields, default=str))
+        return
+    if warning:
+        logger.warning("request", **fields)
+    else:
+        logger.info("request", **fields)
 
 
 def flush_logs() -> None:
@@ -90,7 +109,7 @@ def configure_logging(level: LogLevel, fmt: LogFormat, *, trace_correlation: boo
     numeric_level = logging.getLevelNamesMapping()[level.value.upper()]
     as_json = fmt is LogFormat.JSON or (fmt is LogFormat.AUTO and not sys.stderr.isatty())
 
-    global _writer
+    global _writer, _fast_json_level
     shared: list[Any] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -105,6 +124,7 @@ def configure_logging(level: LogLevel, fmt: LogFormat, *, trace_correlation: boo
     if _writer is not None:
         _writer.flush()
     writer = _writer = LineWriter(sys.stdout.buffer)
+    _fast_json_level = numeric_level if as_json and not trace_correlation else None
     atexit.register(writer.flush)
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],

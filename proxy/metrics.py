@@ -9,8 +9,12 @@ SESSION_SOURCES = ("body", "query", "header", "baggage", "cookie", "none")
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """The proxy's metrics. `exposed` is what /metrics renders, when not this registry: the supervisor of
+    RUM_PROXY_WORKERS renders the workers' values summed by prometheus-client's multiprocess collector."""
+
+    def __init__(self, exposed: CollectorRegistry | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._exposed = exposed or self.registry
         self.requests = Counter(
             "rum_proxy_requests",
             "Requests answered, by HTTP status and by where the session ID was found.",
@@ -42,10 +46,16 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
         )
         self.open_streams = Gauge(
-            "rum_proxy_open_streams", "Requests being forwarded right now.", registry=self.registry
+            "rum_proxy_open_streams",
+            "Requests being forwarded right now.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.open_websockets = Gauge(
-            "rum_proxy_open_websockets", "WebSockets being bridged right now.", registry=self.registry
+            "rum_proxy_open_websockets",
+            "WebSockets being bridged right now.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         # Label children resolved once: a label lookup per request would cost more than the increment.
         self._invalid = {source: self.invalid_session_ids.labels(source) for source in SESSION_SOURCES}
@@ -63,4 +73,4 @@ class Metrics:
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(self.registry), content_type
+        return encoder(self._exposed), content_type
