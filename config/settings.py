@@ -140,6 +140,8 @@ class Settings(BaseSettings):
     def _no_query_in_upstream(cls, value: AnyHttpUrl) -> AnyHttpUrl:
         if value.query or value.fragment:
             raise ValueError("must not carry a query or fragment")
+        if value.scheme != "http":
+            raise ValueError("must be an http:// URL (the agent runs beside the proxy; TLS to it is not supported)")
         return value
 
     @field_validator("session_header")

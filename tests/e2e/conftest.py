@@ -66,8 +66,13 @@ def run_agent(
 
 
 @contextlib.contextmanager
-def run_proxy(upstream: str, *, tracing: bool, test_agent: TestAgent | None = None) -> Iterator[str]:
-    """Run the real proxy (python -m proxy) in front of ``upstream``; yield its base URL."""
+def run_proxy(
+    upstream: str, *, propagate: bool, apm_span: bool = False, test_agent: TestAgent | None = None
+) -> Iterator[str]:
+    """Run the real proxy (python -m proxy) in front of ``upstream``; yield its base URL.
+
+    ``propagate``: the proxy's trace-header rewrite (its default); ``apm_span``: its own ddtrace span too.
+    """
     port, admin = free_port(), free_port()
     env = {
         "RUM_PROXY_UPSTREAM_URL": upstream,
@@ -75,7 +80,9 @@ def run_proxy(upstream: str, *, tracing: bool, test_agent: TestAgent | None = No
         "RUM_PROXY_ADMIN_PORT": str(admin),
         "RUM_PROXY_HOST": "127.0.0.1",
         "RUM_PROXY_ADMIN_HOST": "127.0.0.1",
-        "DD_TRACE_ENABLED": "true" if tracing else "false",
+        "RUM_PROXY_PROPAGATE_TRACE": "true" if propagate else "false",
+        "RUM_PROXY_APM_SPAN": "true" if apm_span else "false",
+        "DD_TRACE_ENABLED": "true" if apm_span else "false",
         "DD_SERVICE": "rum-llmobs-proxy",
         "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false",
         "DD_REMOTE_CONFIGURATION_ENABLED": "false",

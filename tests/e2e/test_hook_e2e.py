@@ -29,7 +29,7 @@ FRAMEWORKS = ("fastapi", "flask", "django", "aiohttp", "http_server")
 
 @pytest.fixture(scope="module", params=FRAMEWORKS)
 def proxied_agent(request: pytest.FixtureRequest, test_agent: TestAgent, fake_llm: str) -> Iterator[str]:
-    with run_agent(request.param, test_agent, fake_llm) as agent, run_proxy(agent, tracing=False) as proxy:
+    with run_agent(request.param, test_agent, fake_llm) as agent, run_proxy(agent, propagate=False) as proxy:
         yield proxy
 
 
@@ -55,7 +55,7 @@ def test_asyncio_tasks_of_an_async_endpoint_get_the_session(
     fastapi_agent: str, test_agent: TestAgent, stream: bool
 ) -> None:
     session_id = new_session_id()
-    with run_proxy(fastapi_agent, tracing=False) as proxy:
+    with run_proxy(fastapi_agent, propagate=False) as proxy:
         chat(proxy, "/chat/async", session_id, "cookie", stream=stream)
     spans = wait_for_session(test_agent, session_id)
     assert_every_span_has_session(spans, session_id, WORKFLOW_TOOL_LLM)

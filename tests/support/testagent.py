@@ -46,6 +46,13 @@ class TestAgent:
                 events.setdefault(_span_key(event), event)
         return list(events.values())
 
+    def apm_spans(self) -> list[dict[str, Any]]:
+        """Every APM span received (v0.4 and v0.5 trace payloads), as dicts with int ids."""
+        spans: list[dict[str, Any]] = []
+        for request in self.requests():
+            spans.extend(decode_apm_spans(request))
+        return spans
+
     def wait_for_llmobs_spans(
         self,
         predicate: Callable[[list[dict[str, Any]]], bool],
@@ -83,6 +90,28 @@ def decode_llmobs_request(request: dict[str, Any]) -> list[dict[str, Any]]:
         payload = json.loads(_body(request))
         batches = payload if isinstance(payload, list) else [payload]
         return [span for batch in batches for span in batch.get("spans", [])]
+    return []
+
+
+_V05_FIELDS = ("service", "name", "resource", "trace_id", "span_id", "parent_id", "start", "duration", "error")
+
+
+def decode_apm_spans(request: dict[str, Any]) -> list[dict[str, Any]]:
+    url = str(request.get("url", ""))
+    if "/v0.4/traces" in url:
+        traces = msgpack.unpackb(_body(request), raw=False, strict_map_key=False)
+        return [dict(span) for trace in traces or [] for span in trace]
+    if "/v0.5/traces" in url:  # [string table, traces of 12-element arrays indexing into it]
+        strings, traces = msgpack.unpackb(_body(request), raw=False, strict_map_key=False)
+        spans = []
+        for trace in traces:
+            for fields in trace:
+                span = dict(zip(_V05_FIELDS, fields[:9], strict=True))
+                for key in ("service", "name", "resource"):
+                    span[key] = strings[span[key]]
+                span["meta"] = {strings[k]: strings[v] for k, v in fields[9].items()}
+                spans.append(span)
+        return spans
     return []
 
 
