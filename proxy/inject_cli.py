@@ -8,6 +8,7 @@ accepted. Exit status: 0 written; 1 refused (one `kind/namespace/name: problem` 
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import sys
 from collections.abc import Iterable
@@ -72,9 +73,11 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _represent_str)
 
 
-def load_manifests(text: str) -> list[Any]:
+def load_manifests(text: str, name: str = "<stdin>") -> list[Any]:
     """Every YAML document of a stream; empty documents (comments only, as Helm renders them) are dropped."""
-    return [document for document in yaml.load_all(text, Loader=_Loader) if document is not None]  # noqa: S506
+    stream = io.StringIO(text)
+    stream.name = name  # PyYAML names it in error marks
+    return [document for document in yaml.load_all(stream, Loader=_Loader) if document is not None]  # noqa: S506
 
 
 def dump_manifests(documents: Iterable[Any]) -> str:
@@ -124,7 +127,7 @@ def main(argv: list[str], stdin: TextIO | None = None, stdout: TextIO | None = N
     for name in args.files or ["-"]:
         try:
             text = stdin.read() if name == "-" else _read(name)
-            documents.extend(load_manifests(text))
+            documents.extend(load_manifests(text, "<stdin>" if name == "-" else name))
         except OSError as error:
             return _fail(2, f"cannot read {name}: {error.strerror or error}")
         except yaml.YAMLError as error:
