@@ -171,7 +171,7 @@ def check_probes(before: list[Doc], after: list[Doc]) -> None:
             assert resolve_port(pod, probe["httpGet"]["port"]) == (SIDECAR, admin_port), probe_name
 
 
-def _check_container_restricted(container: Doc, pod_context: Doc) -> None:
+def check_container_restricted(container: Doc, pod_context: Doc) -> None:
     context = container.get("securityContext", {})
 
     def effective(key: str) -> Any:
@@ -192,7 +192,7 @@ def check_restricted_pod_security(before: list[Doc], after: list[Doc]) -> None:
         pod = template_of(obj)["spec"]  # type: ignore[index]
         for name in (SIDECAR, HOOK):
             container = by_name(pod["initContainers"], name)
-            _check_container_restricted(container, {})
+            check_container_restricted(container, {})
             assert container["securityContext"].get("readOnlyRootFilesystem") is True, f"{name}: read-only root"
             limits = container.get("resources", {}).get("limits", {})
             assert "memory" in limits and "cpu" in container.get("resources", {}).get("requests", {}), name
