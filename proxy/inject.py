@@ -10,7 +10,8 @@ and ReplicaSet with `all_workloads`):
 - agent container: the hook directory appended to `PYTHONPATH`, `RUM_PROXY_SESSION_HEADER`, the hook mount;
 - pod metadata: unified service tags for the sidecar and Datadog Autodiscovery annotations (logs, openmetrics);
 - Services in the same stream that select the workload: only the ports whose `targetPort` reaches the agent's
-  port (by number or by name) now target the proxy's named port; every other port is left as it was.
+  port (by number or by name) now target the proxy's named port; every other port is left as it was;
+- NetworkPolicies in the same stream: an ingress rule that allows the agent's port also allows the proxy's.
 
 Every step replaces what a previous run added instead of adding to it, so running it twice equals running it once.
 """
@@ -100,7 +101,7 @@ class InjectOptions:
 class Injection:
     documents: list[Any]
     injected: list[str] = field(default_factory=list)
-    retargeted: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -128,7 +129,7 @@ def inject_documents(documents: list[Any], options: InjectOptions) -> list[Any]:
 
 
 def inject(documents: list[Any], options: InjectOptions) -> Injection:
-    """Like inject_documents, and also says what was injected, what was retargeted and what to look at."""
+    """Like inject_documents, and also says what was injected, which Services and policies changed, what to check."""
     result = Injection(documents=[copy.deepcopy(d) for d in documents if d is not None])
     problems: list[str] = []
     objects: list[Manifest] = []
@@ -141,7 +142,7 @@ def inject(documents: list[Any], options: InjectOptions) -> Injection:
     workloads: list[_Workload] = []
     for obj in objects:
         template = _pod_template(obj)
-        if template is None:
+        if template is None or _controlled(obj):
             continue
         workload = _Workload(obj, template)
         workloads.append(workload)
@@ -159,6 +160,8 @@ def inject(documents: list[Any], options: InjectOptions) -> Injection:
                 _retarget_service(obj, workloads, result)
             except _Refused as problem:
                 problems.append(f"{reference(obj)}: {problem}")
+        elif _is(obj, "networking.k8s.io", "NetworkPolicy"):
+            _open_network_policy(obj, [w for w in workloads if w.injected], result)
     if problems:
         raise InjectError(problems)
     return result
@@ -202,6 +205,11 @@ def _pod_template(obj: Manifest) -> Manifest | None:
     for key in path:
         node = node.get(key) if isinstance(node, dict) else None
     return node if isinstance(node, dict) else None
+
+
+def _controlled(obj: Manifest) -> bool:
+    """A Deployment's ReplicaSet or a CronJob's Job (as `kubectl get -o yaml` lists them): its owner is injected."""
+    return any(owner.get("controller") for owner in (obj.get("metadata") or {}).get("ownerReferences") or [])
 
 
 def _opted_in(obj: Manifest, template: Manifest, options: InjectOptions) -> bool:
@@ -319,6 +327,10 @@ def _inject_workload(
         {"name": HOOK, "emptyDir": {"sizeLimit": "1Mi"}},
         {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}},
     ]
+    if spec.get("hostNetwork") is True:
+        notes.append(
+            f"{reference(obj)}: hostNetwork pod: the proxy's ports {proxy_port} and {admin_port} open on the node"
+        )
     grace = spec.get("terminationGracePeriodSeconds", 30)
     spec["terminationGracePeriodSeconds"] = max(
         grace if isinstance(grace, int) else 30, int(drain) + AGENT_STOP_SECONDS
@@ -583,7 +595,7 @@ def _retarget_service(service: Manifest, workloads: list[_Workload], result: Inj
             port["targetPort"] = PROXY_PORT_NAME
             changed.append(str(port.get("name") or port.get("port")))
     if changed:
-        result.retargeted.append(f"{reference(service)}: port {', '.join(changed)} -> {PROXY_PORT_NAME}")
+        result.changed.append(f"{reference(service)}: port {', '.join(changed)} now targets {PROXY_PORT_NAME}")
     elif not any(
         p.get("targetPort") in (PROXY_PORT_NAME, *(w.proxy_port for w in injected))
         for p in (service.get("spec") or {}).get("ports") or []
@@ -593,3 +605,28 @@ def _retarget_service(service: Manifest, workloads: list[_Workload], result: Inj
             f"{reference(service)}: selects {', '.join(reference(w.obj) for w in injected)} but no port reaches "
             f"the agent's port {ports}; left as it was"
         )
+
+
+def _open_network_policy(policy: Manifest, injected: list[_Workload], result: Injection) -> None:
+    """An ingress rule that lets clients reach the agent's port now lets them reach the proxy's port too."""
+    spec = policy.get("spec") or {}
+    selector = (spec.get("podSelector") or {}).get("matchLabels") or {}
+    namespace = (policy.get("metadata") or {}).get("namespace")
+    agent_ports = {
+        workload.agent_port
+        for workload in injected
+        if workload.agent_port is not None
+        and (workload.obj.get("metadata") or {}).get("namespace") == namespace
+        and all(
+            ((workload.template.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in selector.items()
+        )
+    }
+    opened = 0
+    for rule in spec.get("ingress") or []:
+        ports = rule.get("ports") or []  # none listed: every port is already allowed
+        reaches_agent = any(p.get("port") in (a.number, a.name) for p in ports for a in agent_ports)
+        if reaches_agent and not any(p.get("port") == PROXY_PORT_NAME for p in ports):
+            ports.append({"port": PROXY_PORT_NAME, "protocol": "TCP"})
+            opened += 1
+    if opened:
+        result.changed.append(f"{reference(policy)}: ingress allowed to the agent's port now also to {PROXY_PORT_NAME}")

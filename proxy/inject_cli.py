@@ -141,7 +141,7 @@ def main(argv: list[str], stdin: TextIO | None = None, stdout: TextIO | None = N
     if not args.quiet:
         for line in (
             *(f"injected {ref}" for ref in result.injected),
-            *(f"retargeted {line}" for line in result.retargeted),
+            *(f"changed {line}" for line in result.changed),
             *(f"note: {line}" for line in result.notes),
         ):
             print(f"{PROG}: {line}", file=sys.stderr)

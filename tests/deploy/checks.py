@@ -319,6 +319,48 @@ def check_service_ports(before: list[Doc], after: list[Doc]) -> None:
                     assert new == old, f"{name} did not reach the agent and must be left as it was"
 
 
+def _policy_selects(policy: Doc, obj: Doc) -> bool:
+    selector = policy["spec"].get("podSelector", {}).get("matchLabels", {})
+    template = template_of(obj)
+    return bool(
+        template
+        and policy["metadata"].get("namespace") == obj["metadata"].get("namespace")
+        and selector.items() <= (template["metadata"].get("labels") or {}).items()
+    )
+
+
+def _without_proxy_ports(policy: Doc, pods: list[Doc]) -> Doc:
+    """The policy with every ingress port entry that reaches a proxy sidecar taken out."""
+    stripped = json.loads(json.dumps(policy))
+    for rule in stripped["spec"].get("ingress", []):
+        if "ports" in rule:
+            rule["ports"] = [
+                p
+                for p in rule["ports"]
+                if not any((resolve_port(pod, p["port"]) or ("",))[0] == SIDECAR for pod in pods)
+            ]
+    return stripped
+
+
+def check_network_policies(before: list[Doc], after: list[Doc]) -> None:
+    """Clients a policy let in on the agent's port are let in on the proxy's port; nothing else opens."""
+    for policy in (o for o in objects(after) if o["kind"] == "NetworkPolicy"):
+        backends = [w for w in injected(after) if _policy_selects(policy, w)]
+        pods = [template_of(w)["spec"] for w in backends]  # type: ignore[index]
+        original = before_of(before, policy)
+        assert _without_proxy_ports(policy, pods) == original, f"{ref(policy)}: only proxy ports may be added"
+        for old, new in zip(original["spec"].get("ingress", []), policy["spec"].get("ingress", []), strict=True):
+            if "ports" not in old:
+                continue
+            for backend, pod in zip(backends, pods, strict=True):
+                agent = int(proxy_setting(backend, "RUM_PROXY_UPSTREAM_URL", ":0").rsplit(":", 1)[1])
+                proxy = int(proxy_setting(backend, "RUM_PROXY_PORT", "8080"))
+                pod_before = template_of(before_of(before, backend))["spec"]  # type: ignore[index]
+                if any((resolve_port(pod_before, p["port"]) or ("", 0))[1] == agent for p in old["ports"]):
+                    reached = [resolve_port(pod, p["port"]) for p in new["ports"]]
+                    assert (SIDECAR, proxy) in reached, f"{ref(policy)} lets clients reach the agent, not the proxy"
+
+
 def check_grace_period(before: list[Doc], after: list[Doc]) -> None:
     for obj in injected(after):
         pod = template_of(obj)["spec"]  # type: ignore[index]
@@ -357,8 +399,13 @@ def check_others_unchanged(before: list[Doc], after: list[Doc]) -> None:
     services = {
         ref(s) for s in objects(after) if s["kind"] == "Service" and any(selects(s, w) for w in injected(after))
     }
+    policies = {
+        ref(p)
+        for p in objects(after)
+        if p["kind"] == "NetworkPolicy" and any(_policy_selects(p, w) for w in injected(after))
+    }
     for old, new in zip(objects(before), objects(after), strict=True):
-        if ref(new) not in changed | services:
+        if ref(new) not in changed | services | policies:
             assert new == old, f"{ref(new)} changed"
         elif ref(new) in services:
             assert {k: v for k, v in new.items() if k != "spec"} == {k: v for k, v in old.items() if k != "spec"}
@@ -376,6 +423,7 @@ ALL_CHECKS: list[Check] = [
     check_app_containers_kept,
     check_proxy_env,
     check_service_ports,
+    check_network_policies,
     check_grace_period,
     check_autodiscovery,
     check_others_unchanged,

@@ -22,6 +22,7 @@ from checks import (
     check_grace_period,
     check_hook_wiring,
     check_native_sidecar,
+    check_network_policies,
     check_others_unchanged,
     check_probes,
     check_proxy_env,
@@ -247,6 +248,16 @@ BREAKAGES: dict[str, tuple[str, Callable[[list[Doc]], None], Check]] = {
         _service_port("Service/research/memory-agent", 0, 8080),
         check_service_ports,
     ),
+    "policy-still-only-agent-port": (
+        "chart.yaml",
+        _on("NetworkPolicy/-/support-bot", lambda p: p["spec"]["ingress"][0]["ports"].pop()),
+        check_network_policies,
+    ),
+    "policy-opened-wide": (
+        "chart.yaml",
+        _on("NetworkPolicy/-/support-bot", lambda p: p["spec"]["ingress"][0]["ports"].append({"port": 9090})),
+        check_network_policies,
+    ),
     "grace-too-short": (
         "chart.yaml",
         _on(BOT, lambda d: template_of(d)["spec"].update(terminationGracePeriodSeconds=30)),  # type: ignore[index]
@@ -309,6 +320,11 @@ def test_chart_two_containers_several_ports() -> None:
         ("http", "rum-proxy"),
     ]
     assert find(docs, "ConfigMap/-/support-bot-prompts")["data"]["PORT_MAPPING"] == "8080:80"
+    policy = find(docs, "NetworkPolicy/-/support-bot")
+    assert policy["spec"]["ingress"][0]["ports"] == [
+        {"port": "http", "protocol": "TCP"},
+        {"port": "rum-proxy", "protocol": "TCP"},
+    ], "the ingress controller may now reach the proxy"
 
 
 def test_library_injection_pythonpath_lets_the_admission_controller_go_first() -> None:
@@ -339,8 +355,9 @@ def test_statefulset_agent_on_the_proxy_default_port() -> None:
 
 
 def test_list_stays_one_list_and_keeps_a_longer_grace_period() -> None:
-    docs = injected_fixture("list.yaml")
+    docs = injected_fixture("list.yaml", all_workloads=True)
     assert len(docs) == 1 and docs[0]["kind"] == "List"
+    assert [ref(o) for o in injected(docs)] == ["Deployment/agents/faq-agent"], "its ReplicaSet follows its owner"
     deployment = find(docs, "Deployment/agents/faq-agent")
     assert template_of(deployment)["spec"]["terminationGracePeriodSeconds"] == 90  # type: ignore[index]
     assert find(docs, "Service/agents/faq-agent")["spec"]["ports"][0]["targetPort"] == "rum-proxy"
@@ -368,6 +385,13 @@ def test_passthrough_objects_are_unchanged_and_all_takes_every_deployment() -> N
     assert find(docs, "Service/agents/embedder")["spec"]["ports"][0]["targetPort"] == "rum-proxy"
     for check in ALL_CHECKS:
         check(original, docs)
+
+
+def test_host_network_pods_get_a_note() -> None:
+    docs = load_manifests(OWN_INIT.replace("      initContainers:", "      hostNetwork: true\n      initContainers:"))
+    assert inject(docs, OPTIONS).notes == [
+        "Deployment/-/bot: hostNetwork pod: the proxy's ports 8080 and 8081 open on the node"
+    ]
 
 
 def test_opt_out_wins_over_all() -> None:

@@ -59,7 +59,10 @@ def test_helm_post_renderer_contract_on_a_rendered_chart() -> None:
     for check in ALL_CHECKS:
         check(before, after)
     assert "rum-llmobs-proxy inject: injected Deployment/-/support-bot" in result.stderr
-    assert "retargeted Service/-/support-bot: port http -> rum-proxy" in result.stderr
+    assert "changed Service/-/support-bot: port http now targets rum-proxy" in result.stderr
+    assert "changed NetworkPolicy/-/support-bot: ingress allowed to the agent's port now also to rum-proxy" in (
+        result.stderr
+    )
 
 
 def test_helm_post_renderer_refusal_fails_the_release_and_writes_nothing() -> None:
