@@ -314,6 +314,9 @@ def test_chart_two_containers_several_ports() -> None:
     assert sidecar["image"] == IMAGE
     labels = template_of(bot)["metadata"]["labels"]  # type: ignore[index]
     assert labels["tags.datadoghq.com/rum-llmobs-proxy.version"] == "0.1.0", "the image's tag"
+    for obj in (bot, find(docs, "Service/-/support-bot")):
+        filename = obj["metadata"]["annotations"]["postrenderer.helm.sh/postrender-filename"]
+        assert filename == f"support-bot/templates/{obj['kind'].lower()}.yaml", "Helm 4 maps objects back by it"
     service = find(docs, "Service/-/support-bot")
     assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [
         ("metrics", "metrics"),
