@@ -153,6 +153,9 @@ def inject(documents: list[Any], options: InjectOptions) -> Injection:
                 result.injected.append(reference(obj))
         except _Refused as problem:
             problems.append(f"{reference(obj)}: {problem}")
+        except (AttributeError, TypeError, KeyError, ValueError) as error:
+            # A shape no API server would accept (a string where a list goes, …): say so rather than crash.
+            problems.append(f"{reference(obj)}: malformed {obj.get('kind')} ({type(error).__name__}: {error})")
 
     for obj in objects:
         if _is(obj, "", "Service"):
@@ -169,7 +172,9 @@ def inject(documents: list[Any], options: InjectOptions) -> Injection:
 
 def reference(obj: Mapping[str, Any]) -> str:
     """`kind/namespace/name`, with `-` for a namespace the manifest leaves to kubectl or Helm."""
-    metadata = obj.get("metadata") or {}
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = {}
     return f"{obj.get('kind', '?')}/{metadata.get('namespace') or '-'}/{metadata.get('name', '?')}"
 
 
@@ -258,6 +263,11 @@ def _inject_workload(
     image = settings.get(IMAGE, options.image).strip()
     if not image or any(c.isspace() for c in image):
         raise _Refused(f"{IMAGE} {image!r} is not an image reference")
+    if image == DEFAULT_IMAGE:
+        notes.append(
+            f"{reference(obj)}: image {image} is the default, which no registry publishes: build and push the "
+            f"image, then pass --image or set {IMAGE}"
+        )
 
     init_containers = [c for c in spec.get("initContainers") or [] if c.get("name") not in (HOOK, SIDECAR)]
     agent = _agent_container(spec, settings)
@@ -281,8 +291,8 @@ def _inject_workload(
         raise _Refused(f"RUM_PROXY_SHUTDOWN_GRACE_SECONDS {drain!r} must be a whole number of seconds")
 
     _wire_agent(agent, header, notes, obj)
-    metadata = template.setdefault("metadata", {})
-    labels = metadata.setdefault("labels", {})
+    metadata = _mapping(template, "metadata")
+    labels = _mapping(metadata, "labels")
     labels[f"tags.datadoghq.com/{SIDECAR}.service"] = SIDECAR
     labels[f"tags.datadoghq.com/{SIDECAR}.version"] = _version_label(image)
     env = {
@@ -300,7 +310,7 @@ def _inject_workload(
     env["DD_AGENT_HOST"] = _field("status.hostIP")
     env.update({name: _value(value) for name, value in extra_env.items()})
 
-    annotations = metadata.setdefault("annotations", {})
+    annotations = _mapping(metadata, "annotations")
     annotations[f"ad.datadoghq.com/{SIDECAR}.logs"] = _json([{"source": SIDECAR, "service": SIDECAR}])
     annotations[f"ad.datadoghq.com/{SIDECAR}.checks"] = _json(
         {
@@ -357,7 +367,7 @@ def _agent_container(spec: Manifest, settings: Mapping[str, str]) -> Manifest:
 
 def _agent_port(agent: Manifest, settings: Mapping[str, str]) -> _AgentPort:
     ports = [p for p in agent.get("ports") or [] if p.get("protocol", "TCP") == "TCP"]
-    declared = [_AgentPort(int(p["containerPort"]), p.get("name")) for p in ports if "containerPort" in p]
+    declared = [_AgentPort(p["containerPort"], p.get("name")) for p in ports if isinstance(p.get("containerPort"), int)]
     listing = ", ".join(p.describe() for p in declared) or "none"
     wanted = settings.get(AGENT_PORT)
     if wanted is not None:
@@ -395,7 +405,7 @@ def _chosen_port(settings: Mapping[str, str], key: str, default: int, taken: set
 
 
 def _wire_agent(agent: Manifest, header: str, notes: list[str], obj: Manifest) -> None:
-    env: list[Manifest] = agent.setdefault("env", [])
+    env = _sequence(agent, "env")
     pythonpath = next((e for e in env if e.get("name") == "PYTHONPATH"), None)
     if pythonpath is None:
         env.append({"name": "PYTHONPATH", "value": HOOK_DIR})
@@ -415,11 +425,26 @@ def _wire_agent(agent: Manifest, header: str, notes: list[str], obj: Manifest) -
         entries = [e for e in str(pythonpath.get("value", "")).split(":") if e and e.rstrip("/") != HOOK_DIR]
         pythonpath["value"] = ":".join([*entries, HOOK_DIR])
     _put(env, {"name": "RUM_PROXY_SESSION_HEADER", "value": header})
-    mounts: list[Manifest] = agent.setdefault("volumeMounts", [])
+    mounts = _sequence(agent, "volumeMounts")
     for mount in mounts:
         if mount.get("mountPath", "").rstrip("/") == HOOK_DIR and mount.get("name") != HOOK:
             raise _Refused(f"container {agent.get('name')} already mounts volume {mount.get('name')} at {HOOK_DIR}")
     _put(mounts, {"name": HOOK, "mountPath": HOOK_DIR, "readOnly": True})
+
+
+def _mapping(parent: Manifest, key: str) -> Manifest:
+    """parent[key] as a mapping, created when absent or null (`labels:` with nothing under it)."""
+    if parent.get(key) is None:
+        parent[key] = {}
+    value: Manifest = parent[key]
+    return value
+
+
+def _sequence(parent: Manifest, key: str) -> list[Manifest]:
+    if parent.get(key) is None:
+        parent[key] = []
+    value: list[Manifest] = parent[key]
+    return value
 
 
 def _put(items: list[Manifest], entry: Manifest) -> None:
@@ -591,7 +616,7 @@ def _retarget_service(service: Manifest, workloads: list[_Workload], result: Inj
         target = port.get("targetPort", port.get("port"))
         if isinstance(target, str) and target.isdigit():
             target = int(target)
-        if any(target in (p.number, p.name) for p in agent_ports):
+        if target is not None and any(target in (p.number, p.name) for p in agent_ports):
             port["targetPort"] = PROXY_PORT_NAME
             changed.append(str(port.get("name") or port.get("port")))
     if changed:
@@ -624,7 +649,9 @@ def _open_network_policy(policy: Manifest, injected: list[_Workload], result: In
     opened = 0
     for rule in spec.get("ingress") or []:
         ports = rule.get("ports") or []  # none listed: every port is already allowed
-        reaches_agent = any(p.get("port") in (a.number, a.name) for p in ports for a in agent_ports)
+        reaches_agent = any(
+            p.get("port") is not None and p.get("port") in (a.number, a.name) for p in ports for a in agent_ports
+        )
         if reaches_agent and not any(p.get("port") == PROXY_PORT_NAME for p in ports):
             ports.append({"port": PROXY_PORT_NAME, "protocol": "TCP"})
             opened += 1

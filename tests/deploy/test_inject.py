@@ -560,6 +560,27 @@ def test_a_service_in_front_of_injected_and_plain_pods_is_refused() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("containers", "problem"),
+    [("oops", "its pod template has no containers"), ('[{name: a, ports: "x"}]', "malformed Deployment")],
+)
+def test_malformed_workloads_are_refused_not_crashed_on(containers: str, problem: str) -> None:
+    text = OWN_INIT.replace(
+        "containers: [{name: main, image: example/bot:2, ports: [{containerPort: 8000}]}]", f"containers: {containers}"
+    )
+    with pytest.raises(InjectError) as raised:
+        inject_documents(load_manifests(text), OPTIONS)
+    assert raised.value.problems[0].startswith(f"Deployment/-/bot: {problem}")
+
+
+def test_the_default_image_gets_a_note() -> None:
+    notes = inject(load_manifests(OWN_INIT), InjectOptions()).notes
+    assert notes == [
+        "Deployment/-/bot: image rum-llmobs-proxy:0.1.0 is the default, which no registry publishes: build and push "
+        "the image, then pass --image or set rum-llmobs-proxy/image"
+    ]
+
+
 def test_every_problem_is_reported_at_once() -> None:
     stream = load_manifests(
         "---\n".join([REFUSALS["ambiguous-container"][0], REFUSALS["no-port"][0].replace("name: bot\n", "name: b2\n")])
