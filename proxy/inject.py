@@ -18,6 +18,7 @@ Every step replaces what a previous run added instead of adding to it, so runnin
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
@@ -146,28 +147,33 @@ def inject(documents: list[Any], options: InjectOptions) -> Injection:
             continue
         workload = _Workload(obj, template)
         workloads.append(workload)
-        try:
+        with _refusals(obj, problems):
             if _opted_in(obj, template, options):
                 workload.agent_port, workload.proxy_port = _inject_workload(obj, template, options, result.notes)
                 workload.injected = True
                 result.injected.append(reference(obj))
-        except _Refused as problem:
-            problems.append(f"{reference(obj)}: {problem}")
-        except (AttributeError, TypeError, KeyError, ValueError) as error:
-            # A shape no API server would accept (a string where a list goes, …): say so rather than crash.
-            problems.append(f"{reference(obj)}: malformed {obj.get('kind')} ({type(error).__name__}: {error})")
 
     for obj in objects:
-        if _is(obj, "", "Service"):
-            try:
+        with _refusals(obj, problems):
+            if _is(obj, "", "Service"):
                 _retarget_service(obj, workloads, result)
-            except _Refused as problem:
-                problems.append(f"{reference(obj)}: {problem}")
-        elif _is(obj, "networking.k8s.io", "NetworkPolicy"):
-            _open_network_policy(obj, [w for w in workloads if w.injected], result)
+            elif _is(obj, "networking.k8s.io", "NetworkPolicy"):
+                _open_network_policy(obj, [w for w in workloads if w.injected], result)
     if problems:
         raise InjectError(problems)
     return result
+
+
+@contextlib.contextmanager
+def _refusals(obj: Manifest, problems: list[str]) -> Iterator[None]:
+    """Records what is wrong with one object, prefixed by its reference, and goes on with the next."""
+    try:
+        yield
+    except _Refused as problem:
+        problems.append(f"{reference(obj)}: {problem}")
+    except (AttributeError, TypeError, KeyError, ValueError) as error:
+        # A shape no API server would accept (a string where a list goes, …): say so rather than crash.
+        problems.append(f"{reference(obj)}: malformed {obj.get('kind')} ({type(error).__name__}: {error})")
 
 
 def reference(obj: Mapping[str, Any]) -> str:
@@ -302,30 +308,11 @@ def _inject_workload(
         "RUM_PROXY_SESSION_HEADER": _value(header),
         "RUM_PROXY_SHUTDOWN_GRACE_SECONDS": _value(drain),
         "RUM_PROXY_LOG_FORMAT": _value("json"),
+        **_unified_service_tags(labels),
+        "DD_AGENT_HOST": _field("status.hostIP"),
     }
-    if "tags.datadoghq.com/env" in labels:
-        env["DD_ENV"] = _field("metadata.labels['tags.datadoghq.com/env']")
-    env["DD_SERVICE"] = _field(f"metadata.labels['tags.datadoghq.com/{SIDECAR}.service']")
-    env["DD_VERSION"] = _field(f"metadata.labels['tags.datadoghq.com/{SIDECAR}.version']")
-    env["DD_AGENT_HOST"] = _field("status.hostIP")
     env.update({name: _value(value) for name, value in extra_env.items()})
-
-    annotations = _mapping(metadata, "annotations")
-    annotations[f"ad.datadoghq.com/{SIDECAR}.logs"] = _json([{"source": SIDECAR, "service": SIDECAR}])
-    annotations[f"ad.datadoghq.com/{SIDECAR}.checks"] = _json(
-        {
-            "openmetrics": {
-                "init_config": {},
-                "instances": [
-                    {
-                        "openmetrics_endpoint": f"http://%%host%%:{admin_port}/metrics",
-                        "namespace": "rum_llmobs_proxy",
-                        "metrics": ["rum_proxy_.*"],
-                    }
-                ],
-            }
-        }
-    )
+    _mapping(metadata, "annotations").update(_autodiscovery(admin_port))
     spec["initContainers"] = [
         _hook_copier(image),
         _sidecar(image, proxy_port, admin_port, [{"name": k, **v} for k, v in env.items()]),
@@ -346,6 +333,27 @@ def _inject_workload(
         grace if isinstance(grace, int) else 30, int(drain) + AGENT_STOP_SECONDS
     )
     return agent_port, proxy_port
+
+
+def _unified_service_tags(labels: Mapping[str, str]) -> dict[str, Manifest]:
+    """DD_ENV/DD_SERVICE/DD_VERSION from pod labels; DD_ENV only when the pod has one (else it would be empty)."""
+    tags = {"DD_ENV": _field("metadata.labels['tags.datadoghq.com/env']")} if "tags.datadoghq.com/env" in labels else {}
+    tags["DD_SERVICE"] = _field(f"metadata.labels['tags.datadoghq.com/{SIDECAR}.service']")
+    tags["DD_VERSION"] = _field(f"metadata.labels['tags.datadoghq.com/{SIDECAR}.version']")
+    return tags
+
+
+def _autodiscovery(admin_port: int) -> dict[str, str]:
+    """Datadog Agent annotations for the sidecar: its JSON logs, and its Prometheus metrics on the admin port."""
+    instance = {
+        "openmetrics_endpoint": f"http://%%host%%:{admin_port}/metrics",
+        "namespace": "rum_llmobs_proxy",
+        "metrics": ["rum_proxy_.*"],
+    }
+    return {
+        f"ad.datadoghq.com/{SIDECAR}.logs": _json([{"source": SIDECAR, "service": SIDECAR}]),
+        f"ad.datadoghq.com/{SIDECAR}.checks": _json({"openmetrics": {"init_config": {}, "instances": [instance]}}),
+    }
 
 
 def _agent_container(spec: Manifest, settings: Mapping[str, str]) -> Manifest:
