@@ -277,7 +277,7 @@ def _inject_workload(
 
     init_containers = [c for c in spec.get("initContainers") or [] if c.get("name") not in (HOOK, SIDECAR)]
     agent = _agent_container(spec, settings)
-    agent_port = _agent_port(agent, settings)
+    agent_port = _agent_port(spec, agent, settings)
     taken = {agent_port.number} | {
         p.get("containerPort") for c in [*init_containers, *spec["containers"]] for p in c.get("ports") or []
     }
@@ -373,7 +373,7 @@ def _agent_container(spec: Manifest, settings: Mapping[str, str]) -> Manifest:
     )
 
 
-def _agent_port(agent: Manifest, settings: Mapping[str, str]) -> _AgentPort:
+def _agent_port(spec: Manifest, agent: Manifest, settings: Mapping[str, str]) -> _AgentPort:
     ports = [p for p in agent.get("ports") or [] if p.get("protocol", "TCP") == "TCP"]
     declared = [_AgentPort(p["containerPort"], p.get("name")) for p in ports if isinstance(p.get("containerPort"), int)]
     listing = ", ".join(p.describe() for p in declared) or "none"
@@ -384,6 +384,15 @@ def _agent_port(agent: Manifest, settings: Mapping[str, str]) -> _AgentPort:
             number = int(wanted)
             if not 1 <= number <= 65535:
                 raise _Refused(f"{AGENT_PORT} {wanted!r} is not a port number")
+            owners = [
+                str(c.get("name"))
+                for c in [*(spec.get("initContainers") or []), *spec["containers"]]
+                if c is not agent
+                and c.get("name") not in (HOOK, SIDECAR)
+                and any(p.get("containerPort") == number for p in c.get("ports") or [])
+            ]
+            if owners and number not in {p.number for p in declared}:
+                raise _Refused(f"{AGENT_PORT} {number} is a port of container {owners[0]}, not of {agent.get('name')}")
             return next((p for p in declared if p.number == number), _AgentPort(number, None))
         for port in declared:
             if port.name == wanted:

@@ -272,7 +272,8 @@ def check_proxy_env(before: list[Doc], after: list[Doc]) -> None:
         )
         upstream_port = int(upstream.rstrip("/").rsplit(":", 1)[1])
         agent_ports = [p["containerPort"] for p in agent_of(obj).get("ports", [])]
-        if agent_ports:
+        annotations = {**obj["metadata"].get("annotations", {}), **template["metadata"].get("annotations", {})}
+        if annotations.get("rum-llmobs-proxy/agent-port") != str(upstream_port):  # an undeclared port, named
             assert upstream_port in agent_ports, "RUM_PROXY_UPSTREAM_URL must name an agent port"
         own_ports = {p["containerPort"] for p in sidecar["ports"]}
         others = [

@@ -493,6 +493,10 @@ REFUSALS: dict[str, tuple[str, str]] = {
         _broken("rum-llmobs-proxy/agent-container: app, rum-llmobs-proxy/agent-port: http"),
         "rum-llmobs-proxy/agent-port 'http' is not a TCP port of container app",
     ),
+    "port-of-another-container": (
+        _broken("rum-llmobs-proxy/agent-container: shipper, rum-llmobs-proxy/agent-port: '8000'"),
+        "rum-llmobs-proxy/agent-port 8000 is a port of container app, not of shipper",
+    ),
     "pythonpath-value-from": (
         _broken(
             "rum-llmobs-proxy/agent-container: app, rum-llmobs-proxy/agent-port: web",
