@@ -287,6 +287,10 @@ BREAKAGES: dict[str, tuple[str, Callable[[list[Doc]], None], Check]] = {
 }
 
 
+def test_every_check_is_shown_to_fail() -> None:
+    assert {check for _, _, check in BREAKAGES.values()} == set(ALL_CHECKS)
+
+
 @pytest.mark.parametrize("breakage", BREAKAGES, ids=str)
 def test_checks_catch_a_broken_copy(breakage: str) -> None:
     fixture, mutate, check = BREAKAGES[breakage]
