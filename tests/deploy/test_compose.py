@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import urllib.request
+import venv
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +142,54 @@ def test_no_secret_committed() -> None:
         if "DD_API_KEY" in line and ":" in line and not line.lstrip().startswith("#"):
             raise AssertionError(f"DD_API_KEY must come from the environment: {line}")
     assert "${DD_API_KEY" in COMPOSE.read_text()
+
+
+@pytest.mark.integration
+def test_agent_image_steps_run_offline_and_tag_the_session(services: dict[str, Any], tmp_path: Path) -> None:
+    """No Docker engine here, so the agent image's own steps run on this machine instead: its hash-locked install
+    in a fresh venv (from PyPI, as `docker build` does), then its CMD with the service's environment and no
+    further install, against Datadog's test agent. The LLMObs spans of /chat carry the session ID the proxy
+    forwards in x-rum-session-id (the hook, mounted as in compose)."""
+    from tests.support.processes import free_port, running
+    from tests.support.testagent import run_test_agent, session_id_of
+
+    instructions = _agent_dockerfile(services)
+    environment = venv.EnvBuilder(with_pip=True)
+    environment.create(tmp_path / "venv")
+    bin_dir = tmp_path / "venv" / "bin"
+    install = subprocess.run(
+        [str(bin_dir / "pip"), "install", "--quiet", "--no-deps", "--require-hashes", "-r", str(AGENT_LOCK)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy2(COMPOSE.parent / "demo_agent.py", app / "demo_agent.py")
+    port = free_port()
+    cmd = json.loads(next(args for keyword, args in instructions if keyword == "CMD"))
+    cmd[cmd.index("--port") + 1] = str(port)
+    cmd[cmd.index("--host") + 1] = "127.0.0.1"
+    agent_env = services["agent"]["environment"]
+    session_id = "2f3c8c4e-9b7a-4d61-a1f2-6f0e5b7c9d10"
+    with run_test_agent() as test_agent:
+        env = {
+            **{k: str(v) for k, v in agent_env.items()},
+            "DD_TRACE_AGENT_URL": test_agent.url,
+            "PYTHONPATH": str(REPO_ROOT / "hook"),  # compose mounts ../../hook there
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "HOME": str(tmp_path),
+        }
+        with running("compose-agent", cmd, ready_url=f"http://127.0.0.1:{port}/health", env=env, cwd=app,
+                     inherit_env=False, timeout=60):  # fmt: skip
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/chat",
+                data=json.dumps({"message": "hi"}).encode(),
+                headers={"content-type": "application/json", "x-rum-session-id": session_id},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert json.loads(response.read()) == {"reply": "ih"}
+            events = test_agent.wait_for_llmobs_spans(lambda found: len(found) >= 2)
+    assert sorted(e["name"] for e in events) == ["chat", "echo"]
+    assert {session_id_of(e) for e in events} == {session_id}
