@@ -44,10 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--print-config", action="store_true", help="print the effective settings as JSON and exit")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.epilog = "subcommand:\n  inject [FILE...]  add the proxy to Kubernetes manifests (inject --help)\n\n" + (
+        parser.epilog or ""
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["inject"]:  # needs no settings: it only rewrites manifests
+        from proxy.inject_cli import main as inject_main
+
+        return inject_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()

@@ -16,12 +16,15 @@ import venv
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
-from conftest import KUBERNETES_DIR, REPO_ROOT
+from conftest import REPO_ROOT
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from proxy.inject import InjectOptions, inject_documents
+from proxy.inject_cli import load_manifests
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 LOCK = REPO_ROOT / "requirements.lock"
@@ -95,6 +98,25 @@ def runtime(instructions: list[Instruction]) -> list[Instruction]:
     return stages(instructions)[-1]
 
 
+MINIMAL_APP = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: app, labels: {rum-llmobs-proxy/inject: "true"}}
+spec:
+  selector: {matchLabels: {app: app}}
+  template:
+    metadata: {labels: {app: app}}
+    spec: {containers: [{name: app, image: example/app:1, ports: [{containerPort: 8000}]}]}
+"""
+
+
+def _injected_init_containers() -> list[dict[str, Any]]:
+    """The init containers `rum-llmobs-proxy inject` adds: the image's two roles as Kubernetes runs them."""
+    (deployment,) = inject_documents(load_manifests(MINIMAL_APP), InjectOptions())
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["initContainers"]
+    return containers
+
+
 def _args(stage: list[Instruction], keyword: str) -> list[str]:
     return [args for kw, args in stage if kw == keyword]
 
@@ -121,8 +143,8 @@ def test_runtime_runs_as_numeric_non_root_user(runtime: list[Instruction]) -> No
     uid, _, gid = user.partition(":")
     assert uid.isdigit() and int(uid) >= 10000, user
     assert not gid or gid.isdigit()
-    manifest = (KUBERNETES_DIR / "components" / "rum-llmobs-proxy" / "deployment-patch.yaml").read_text()
-    assert f"runAsUser: {uid}" in manifest, "Kubernetes must run the image as its own user"
+    for container in _injected_init_containers():
+        assert container["securityContext"]["runAsUser"] == int(uid), "Kubernetes must run the image as its own user"
 
 
 def test_exposes_proxy_and_admin_ports(runtime: list[Instruction]) -> None:
@@ -176,8 +198,7 @@ def test_hook_is_where_the_init_container_copies_from(runtime: list[Instruction]
     copies = [shlex.split(args) for args in _args(runtime, "COPY") if not args.startswith("--")]
     hook_copy = next(c for c in copies if c[-1].rstrip("/") == HOOK_DIR)
     assert sorted(Path(s).name for s in hook_copy[:-1]) == ["rum_llmobs_hook.py", "sitecustomize.py"]
-    patch = yaml.safe_load((KUBERNETES_DIR / "components" / "rum-llmobs-proxy" / "deployment-patch.yaml").read_text())
-    copier = next(c for c in patch["spec"]["template"]["spec"]["initContainers"] if c["name"] == "rum-llmobs-hook")
+    copier = next(c for c in _injected_init_containers() if c["name"] == "rum-llmobs-hook")
     assert copier["command"][:3] == ["cp", "-R", f"{HOOK_DIR}/."]
 
 
@@ -285,3 +306,15 @@ def test_dockerfile_pip_commands_build_a_working_venv(instructions: list[Instruc
     )
     assert check.returncode == 0, check.stderr
     assert '"upstream_url": "http://agent:8000/"' in check.stdout
+    # The injector runs from the image too (`docker run -i <image> inject`): PyYAML is in the lock.
+    injected = subprocess.run(
+        [str(bin_dir / "rum-llmobs-proxy"), "inject", "--quiet"],
+        input=MINIMAL_APP,
+        cwd=tmp_path,
+        env={"PATH": env["PATH"]},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert injected.returncode == 0, injected.stderr
+    assert "name: rum-llmobs-proxy" in injected.stdout
