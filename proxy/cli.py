@@ -11,7 +11,7 @@ import sys
 import structlog
 from aiohttp import http_parser, web
 
-from config.loader import ConfigError, env_name, exit_on_config_error, load_settings
+from config.loader import ConfigError, env_name, exit_on_config_error, load_settings, unknown_variables
 from config.settings import Settings
 from proxy import __version__
 
@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     from proxy.log import configure_logging
 
     configure_logging(settings.log_level, settings.log_format, trace_correlation=tracer.enabled)
+    for unknown in unknown_variables():
+        logger.warning("unknown_variable", variable=unknown.name, did_you_mean=unknown.suggestion)
     return asyncio.run(serve(settings, tracing_enabled=tracer.enabled))
 
 
