@@ -66,10 +66,11 @@ def _parse_sources(value: object) -> object:
     values = _split_commas(value)
     if not isinstance(values, tuple | list):
         return values
-    valid = ", ".join(source.value for source in SessionSource)
+    names = [source.value for source in SessionSource]
+    valid = ", ".join(names)
     if not values:
         raise ValueError(f"must name at least one source (valid: {valid}); empty would correlate nothing")
-    unknown = [str(v) for v in values if str(v).lower() not in SessionSource._value2member_map_]
+    unknown = [str(v) for v in values if str(v).lower() not in names]
     if unknown:
         raise ValueError(f"{', '.join(map(repr, unknown))} is not a source (valid: {valid})")
     return tuple(SessionSource(str(v).lower()) for v in values)
