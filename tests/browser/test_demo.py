@@ -159,20 +159,26 @@ async def test_demo_shows_the_rum_session_on_the_llmobs_spans_and_stops_on_ctrl_
                     by_header = await chat(page, "Is it in stock?", send="header")
                     assert_proxy_took(by_header, "header", "the x-rum-session-id header")
 
-                # A new visitor (new browser context, tracing off): a new session, whose ID rides only the cookie.
+                # A new visitor (new browser context) on SDK v5: a new session, whose ID rides only the cookie.
                 async with browser.new_page(width=1200, height=600) as later:
-                    await later.goto(url + "?tracing=0")
+                    await later.goto(url + "?rum=5")
                     await later.wait_for("window.demo && window.demo.ready")
                     later_id = await later.wait_for("DD_RUM.getInternalContext()?.session_id")
+                    # v5 sends its first batch 30 s after its first event, or when the page is hidden: the page
+                    # says so while it waits, and its button hides the page for an instant.
+                    await later.wait_for("document.querySelector('#rum-events').textContent.includes('every 30 s')")
                     by_cookie = await chat(later, "Hello again")
                     assert_proxy_took(by_cookie, "cookie", "the RUM SDK's session cookie")
                     await later.wait_for("!!document.querySelector('#spans-summary.ok')", within=60)
                     await later.wait_for(f"{SESSION_CELLS % '#earlier-spans'}.some(c => c.text === {session_id!r})")
                     later_cells = await later.evaluate(SESSION_CELLS % "#spans")
                     earlier_cells = await later.evaluate(SESSION_CELLS % "#earlier-spans")
+                    await later.evaluate("document.querySelector('#flush-rum').click(); true")
                     later_rum = await later.wait_for(
+                        f"document.querySelector('#rum-events').textContent.includes({later_id!r}) && "
                         "document.querySelector('#rum-earlier').textContent.includes('earlier session') && "
-                        "document.querySelector('#rum-events').textContent"
+                        "document.querySelector('#rum-events').textContent",
+                        within=10,
                     )
 
             assert shown == session_id
