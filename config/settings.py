@@ -72,7 +72,8 @@ def _parse_sources(value: object) -> object:
         raise ValueError(f"must name at least one source (valid: {valid}); empty would correlate nothing")
     unknown = [str(v) for v in values if str(v).lower() not in names]
     if unknown:
-        raise ValueError(f"{', '.join(map(repr, unknown))} is not a source (valid: {valid})")
+        verb = "is not a source" if len(unknown) == 1 else "are not sources"
+        raise ValueError(f"{', '.join(map(repr, unknown))} {verb} (valid: {valid})")
     return tuple(SessionSource(str(v).lower()) for v in values)
 
 

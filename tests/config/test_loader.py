@@ -61,7 +61,7 @@ def test_empty_sources_are_refused() -> None:
 
 def test_an_unknown_source_is_named_with_the_valid_ones() -> None:
     assert problems({**UPSTREAM, "RUM_PROXY_SOURCES": "body,nope,smoke"}) == [
-        f"RUM_PROXY_SOURCES: 'nope', 'smoke' is not a source ({VALID_SOURCES})"
+        f"RUM_PROXY_SOURCES: 'nope', 'smoke' are not sources ({VALID_SOURCES})"
     ]
 
 
