@@ -50,7 +50,7 @@ def test_without_an_agent_ddtrace_says_so_once_and_every_line_is_json(upstream: 
         wait_for_line(process, "datadog_agent_unreachable")
         wait_for_line(process, "failed to send, dropping", level="debug")  # later failures come, quietly
         process.popen.send_signal(signal.SIGTERM)
-        assert process.popen.wait(timeout=HANG_GUARD) == 0
+        assert process.popen.wait(timeout=HANG_GUARD) == 0, process.output()[-6000:]
         lines = parse_every_line(process.output())
 
     unreachable = [line for line in lines if line["event"] == "datadog_agent_unreachable"]
