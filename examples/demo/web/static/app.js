@@ -167,6 +167,7 @@ async function chat(message) {
 const claimed = new Set();
 const START_SLACK_MS = 250;
 const END_SLACK_MS = 1500;
+const lineKey = (line) => `${line.time_ms}|${line.duration_ms}|${line.session_id}`;
 
 function withinChat(line, record) {
   if (line.time_ms === null || line.time_ms === undefined) return false;
@@ -185,14 +186,13 @@ function matchProxyRequests(result) {
   const lines = result.requests.filter((line) => line.method === 'POST' && line.path === '/chat');
   for (const record of window.demo.chats) {
     if (record.proxy || !record.done) continue;
-    const key = (line) => `${line.time_ms}|${line.duration_ms}|${line.session_id}`;
     let line = lines.find((l) => l.request_id && l.request_id === record.requestId);
     if (!line) {
-      const candidates = lines.filter((l) => !l.request_id && !claimed.has(key(l)) && withinChat(l, record));
+      const candidates = lines.filter((l) => !l.request_id && !claimed.has(lineKey(l)) && withinChat(l, record));
       line = candidates.find((l) => l.session_id === record.sessionId) || candidates[0];
     }
     if (!line) continue;
-    claimed.add(key(line));
+    claimed.add(lineKey(line));
     record.proxy = line;
     record.view.meta.textContent = describeProxy(record);
     record.view.meta.dataset.sessionSource = line.session_source;
