@@ -12,7 +12,7 @@ NODE_STAMP := $(WEB)/node_modules/.package-lock.json
 # Debian packages: apt-get as root, else sudo.
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: test lint typecheck unit browser-deps demo bench clean
+.PHONY: test lint typecheck unit browser-deps demo screenshot bench clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required" >&2; exit 1; }
@@ -45,6 +45,10 @@ unit: $(STAMP)
 
 demo: $(STAMP) $(NODE_STAMP)
 	$(PY) examples/demo/run.py
+
+# Refreshes the tracked docs/demo.png (the demo's browser test, writing its screenshot there); `make test` never does.
+screenshot: $(STAMP) browser-deps
+	DEMO_SCREENSHOT=$(CURDIR)/docs/demo.png $(PY) -m pytest tests/browser/test_demo.py
 
 # Throughput against direct and nginx in one run (needs nginx and wrk from Debian).
 bench: $(STAMP)

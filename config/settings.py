@@ -47,16 +47,40 @@ DEFAULT_SOURCES = (
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
+ENV_PREFIX = "RUM_PROXY_"
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field: `admin_port` -> `RUM_PROXY_ADMIN_PORT`."""
+    return f"{ENV_PREFIX}{field}".upper()
+
+
 def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
     return value
 
 
+def _parse_sources(value: object) -> object:
+    """Comma-separated sources: at least one, each a SessionSource; the message lists the valid values."""
+    values = _split_commas(value)
+    if not isinstance(values, tuple | list):
+        return values
+    names = [source.value for source in SessionSource]
+    valid = ", ".join(names)
+    if not values:
+        raise ValueError(f"must name at least one source (valid: {valid}); empty would correlate nothing")
+    unknown = [str(v) for v in values if str(v).lower() not in names]
+    if unknown:
+        verb = "is not a source" if len(unknown) == 1 else "are not sources"
+        raise ValueError(f"{', '.join(map(repr, unknown))} {verb} (valid: {valid})")
+    return tuple(SessionSource(str(v).lower()) for v in values)
+
+
 class Settings(BaseSettings):
     """The proxy's configuration. Environment variables are the field names upper-cased, prefixed RUM_PROXY_."""
 
-    model_config = SettingsConfigDict(env_prefix="RUM_PROXY_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
     upstream_url: AnyHttpUrl = Field(description="Base URL of the agent service the proxy forwards to (required).")
     host: str = Field("0.0.0.0", description="Address the proxy listens on.")  # noqa: S104 - a sidecar serves the pod
@@ -133,7 +157,8 @@ class Settings(BaseSettings):
         LogFormat.AUTO, description="json, console, or auto (console on a TTY, JSON otherwise)."
     )
 
-    _split = field_validator("sources", "body_fields", "query_params", "header_names", mode="before")(_split_commas)
+    _split = field_validator("body_fields", "query_params", "header_names", mode="before")(_split_commas)
+    _sources = field_validator("sources", mode="before")(_parse_sources)
 
     @field_validator("upstream_url")
     @classmethod
@@ -170,12 +195,13 @@ class Settings(BaseSettings):
     @field_validator("sources")
     @classmethod
     def _unique_sources(cls, values: tuple[SessionSource, ...]) -> tuple[SessionSource, ...]:
-        if len(set(values)) != len(values):
-            raise ValueError("a source is listed twice")
+        repeated = sorted({source.value for source in values if values.count(source) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(map(repr, repeated))} is listed more than once")
         return values
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:
         if self.port and self.port == self.admin_port:
-            raise ValueError("port and admin_port must differ")
+            raise ValueError(f"{env_name('port')} and {env_name('admin_port')} must differ (both are {self.port})")
         return self

@@ -6,11 +6,12 @@ import argparse
 import asyncio
 import json
 import signal
+import sys
 
 import structlog
 from aiohttp import web
 
-from config.loader import ConfigError, env_name, exit_on_config_error, load_settings
+from config.loader import ConfigError, env_name, exit_on_config_error, load_settings, unknown_variables
 from config.settings import Settings
 from proxy import __version__
 
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tracing = settings.apm_span and tracer.enabled
     configure_logging(settings.log_level, settings.log_format, trace_correlation=tracing)
+    for unknown in unknown_variables():
+        logger.warning("unknown_variable", variable=unknown.name, did_you_mean=unknown.suggestion)
     import uvloop
 
     if settings.workers > 1:

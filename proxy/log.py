@@ -1,4 +1,11 @@
-"""structlog configured once: JSON lines when not on a TTY, readable console output otherwise."""
+"""structlog configured once: JSON lines when not on a TTY, readable console output otherwise.
+
+Every line the process writes goes through the one renderer: the proxy's own, aiohttp's and ddtrace's log
+records. ddtrace adds a plain-text stderr handler to its `ddtrace` logger at import (DD_TRACE_LOG_STREAM_HANDLER);
+it is removed so ddtrace's records reach the renderer only. ddtrace's trace writer logs an error for every
+payload it cannot send (`failed to send, dropping N traces to intake at …`): without a reachable Agent that is
+one warning, `datadog_agent_unreachable`, then the same records at debug level only.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,11 @@ import asyncio
 import atexit
 import logging
 import sys
+import threading
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import orjson
 import structlog
@@ -46,16 +55,18 @@ class LineWriter:
         self._buffer: list[bytes] = []
         self._size = 0
         self._scheduled = False
+        self._lock = threading.Lock()  # ddtrace logs from its writer thread too
 
     def msg(self, message: str | bytes) -> None:
         line = (message.encode() if isinstance(message, str) else message) + b"\n"
-        self._buffer.append(line)
-        self._size += len(line)
-        if self._scheduled and self._size < self.MAX_BUFFER:
-            return
+        with self._lock:
+            self._buffer.append(line)
+            self._size += len(line)
+            if self._scheduled and self._size < self.MAX_BUFFER:
+                return
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:
+        except RuntimeError:  # no event loop in this thread (startup, exit, or another thread): write now
             self.flush()
             return
         if self._size >= self.MAX_BUFFER:
@@ -67,10 +78,11 @@ class LineWriter:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
     def flush(self) -> None:
-        self._scheduled = False
-        if not self._buffer:
-            return
-        data, self._buffer, self._size = b"".join(self._buffer), [], 0
+        with self._lock:
+            self._scheduled = False
+            if not self._buffer:
+                return
+            data, self._buffer, self._size = b"".join(self._buffer), [], 0
         try:
             self._stream.write(data)
             self._stream.flush()
@@ -102,6 +114,48 @@ def log_request(fields: dict[str, Any], *, warning: bool) -> None:
 def flush_logs() -> None:
     if _writer is not None:
         _writer.flush()
+
+
+class AgentUnreachable(logging.Filter):
+    """Turns ddtrace's repeated `failed to send, dropping …` errors into one clear warning, then debug lines."""
+
+    TEMPLATE = "failed to send, dropping"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self.warned = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (record.name.startswith("ddtrace") and str(record.msg).startswith(self.TEMPLATE)):
+            return True
+        with self._lock:
+            first, self.warned = not self.warned, True
+        if first:
+            args = record.args if isinstance(record.args, tuple) else ()
+            intake = str(args[1]) if len(args) > 1 else ""
+            parts = urlsplit(intake)
+            logger.warning(
+                "datadog_agent_unreachable",
+                url=f"{parts.scheme}://{parts.netloc}" if parts.netloc else intake,
+                detail=record.getMessage(),
+                hint="start a Datadog Agent there or point DD_TRACE_AGENT_URL at one; RUM_PROXY_APM_SPAN=false (the "
+                "default) stops the proxy sending spans. Later send failures are logged at debug level only.",
+            )
+            return False
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def _drop_ddtrace_stream_handlers() -> None:
+    """ddtrace's own StreamHandler writes raw text to stderr; its records propagate to the root handler instead."""
+    ddtrace_logger = logging.getLogger("ddtrace")
+    for handler in list(ddtrace_logger.handlers):
+        if type(handler) is logging.StreamHandler:  # not its file handler (DD_TRACE_LOG_FILE), a subclass
+            ddtrace_logger.removeHandler(handler)
+    ddtrace_logger.propagate = True
 
 
 def configure_logging(level: LogLevel, fmt: LogFormat, *, trace_correlation: bool) -> None:
@@ -144,9 +198,12 @@ def configure_logging(level: LogLevel, fmt: LogFormat, *, trace_correlation: boo
             ],
         )
     )
+    handler.addFilter(AgentUnreachable())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
+    _drop_ddtrace_stream_handlers()
+    logging.captureWarnings(True)  # Python warnings too, instead of raw text on stderr
     # aiohttp's access log is replaced by the proxy's own request line.
     logging.getLogger("aiohttp.access").disabled = True
 

@@ -1,11 +1,13 @@
 """`make demo`: a chat page with the real Datadog RUM SDK, the proxy, an unchanged AI agent, all on this machine.
 
-Processes (each in its own process group, logs in a temp directory, all stopped on Ctrl-C or SIGTERM):
+Processes (each in its own process group, logs in a temp directory, all stopped on Ctrl-C or SIGTERM, then
+the temp directory is removed unless DEMO_KEEP_LOGS=1):
 
     browser ──► proxy :8080 ──► agent :8001 (examples/agents/fastapi under ddtrace-run + hook; also serves the page)
                                   └─► fake LLM :8000 (or a real OpenAI-compatible API, opt-in)
     ddtrace (proxy + agent) ──► Datadog's test agent :8126 (or the real Datadog Agent / agentless)
-    page ──► console :8082 (local RUM intake + the LLMObs spans the test agent received, as JSON)
+    page ──► console :8082 (local RUM intake + the LLMObs spans the test agent received + the proxy's request
+                            lines, read from its stdout log: where it found each request's session ID)
 
 Environment: DEMO_HOST, DEMO_PORT, DEMO_ADMIN_PORT, DEMO_CONSOLE_PORT, DEMO_AGENT_PORT, DEMO_LLM_PORT,
 DEMO_TEST_AGENT_PORT override the ports; DEMO_CHUNK_DELAY (0.08 s) paces the fake LLM; see examples/demo/README.md
@@ -37,6 +39,7 @@ BIN = Path(sys.executable).parent
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 FAKE_OPENAI_KEY = "sk-fake-demo-key"
+PROXY = "proxy"
 
 QUIET_DDTRACE = {
     "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false",
@@ -97,8 +100,11 @@ class Supervisor:
     log_dir: Path
     children: list[Child] = field(default_factory=list)
 
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
     def start(self, name: str, argv: list[str], env: Mapping[str, str], cwd: Path = ROOT) -> Child:
-        log = self.log_dir / f"{name}.log"
+        log = self.log_path(name)
         with log.open("wb") as out:
             popen = subprocess.Popen(  # noqa: S603 - argv built here from fixed paths
                 argv, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -208,6 +214,8 @@ def start_all(supervisor: Supervisor, env: Mapping[str, str], ports: Ports) -> N
         child = supervisor.start("fake-llm", [*argv, "--port", str(ports.llm)], env)
         started.append((child, ports.url(ports.llm) + "/healthz"))
     console_argv = [python, str(HERE / "console.py"), "--host", ports.host, "--port", str(ports.console)]
+    # The proxy's stdout (JSON lines) goes to this file; its `request` lines say where each session ID came from.
+    console_argv += ["--proxy-log", str(supervisor.log_path(PROXY))]
     if local_test_agent:
         console_argv += ["--test-agent-url", ports.url(ports.test_agent)]
     started.append((supervisor.start("console", console_argv, env), ports.url(ports.console) + "/healthz"))
@@ -241,9 +249,10 @@ def start_all(supervisor: Supervisor, env: Mapping[str, str], ports: Ports) -> N
         "RUM_PROXY_PORT": str(ports.proxy),
         "RUM_PROXY_ADMIN_HOST": ports.host,
         "RUM_PROXY_ADMIN_PORT": str(ports.admin),
+        "RUM_PROXY_LOG_FORMAT": "json",  # the console parses the request lines
         "DD_SERVICE": "rum-llmobs-proxy",
     }
-    proxy = supervisor.start("proxy", [python, "-m", "proxy"], proxy_env)
+    proxy = supervisor.start(PROXY, [python, "-m", "proxy"], proxy_env)
     supervisor.wait_ready(proxy, ports.url(ports.admin) + "/readyz")
 
 
@@ -268,7 +277,8 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> int:
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # stopped by a supervisor, or its terminal closed
+        signal.signal(signum, _raise_interrupt)
     env = dict(os.environ)
     ports = Ports.from_env(env)
     supervisor = Supervisor(Path(tempfile.mkdtemp(prefix="rum-llmobs-demo-")))
@@ -288,6 +298,11 @@ def main() -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         supervisor.stop_all()
+        if env.get("DEMO_KEEP_LOGS") == "1":
+            print(f"demo: logs kept in {supervisor.log_dir}", flush=True)
+        else:
+            shutil.rmtree(supervisor.log_dir, ignore_errors=True)
+            print(f"demo: removed {supervisor.log_dir}", flush=True)
     return status
 
 

@@ -295,6 +295,8 @@ def test_dockerfile_pip_commands_build_a_working_venv(instructions: list[Instruc
                 shlex.split(command), cwd=context, env=env, capture_output=True, text=True, check=False
             )
             assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            # e.g. setuptools' `project.license as a TOML table is deprecated` while building the project
+            assert "deprecated" not in result.stdout + result.stderr, f"{command}\n{result.stderr[-3000:]}"
     assert (bin_dir / "rum-llmobs-proxy").exists()
     check = subprocess.run(
         [str(bin_dir / "rum-llmobs-proxy"), "--print-config"],

@@ -85,6 +85,7 @@ def test_pip_installed_hook_activates_with_one_import(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr
+    assert "deprecated" not in build.stderr  # e.g. setuptools' `project.license as a TOML table is deprecated`
     assert (target / "rum_llmobs_hook.py").exists()
     assert not (target / "sitecustomize.py").exists()
     code = "import ddtrace.auto, rum_llmobs_hook as h\nprint(h.install(), h.__file__)\n"

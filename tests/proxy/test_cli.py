@@ -32,15 +32,20 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 
 def test_bad_configuration_exits_2_with_one_line_per_problem() -> None:
-    result = run_cli(env={"RUM_PROXY_PORT": "eighty", "RUM_PROXY_SOURCES": "body,smoke-signals"})
+    result = run_cli(
+        env={"RUM_PROXY_UPSTREAM": "http://agent", "RUM_PROXY_PORT": "eighty", "RUM_PROXY_SOURCES": "body,smoke"}
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines == [
-        "rum-llmobs-proxy: configuration error: RUM_PROXY_UPSTREAM_URL: is required",
+        "rum-llmobs-proxy: configuration error: RUM_PROXY_UPSTREAM_URL: is required "
+        "(RUM_PROXY_UPSTREAM is set: a typo for RUM_PROXY_UPSTREAM_URL?)",
         "rum-llmobs-proxy: configuration error: RUM_PROXY_PORT: Input should be a valid integer, "
         "unable to parse string as an integer",
-        "rum-llmobs-proxy: configuration error: RUM_PROXY_SOURCES: Input should be 'body', 'query', 'header', "
-        "'baggage' or 'cookie'",
+        "rum-llmobs-proxy: configuration error: RUM_PROXY_SOURCES: 'smoke' is not a source "
+        "(valid: body, query, header, baggage, cookie)",
+        "rum-llmobs-proxy: configuration warning: RUM_PROXY_UPSTREAM: not a setting of rum-llmobs-proxy, ignored "
+        "(did you mean RUM_PROXY_UPSTREAM_URL?)",
     ]
 
 
