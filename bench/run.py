@@ -358,6 +358,8 @@ class Target:
     placement: str
     command: str
     metrics_url: str | None = None
+    # The CPU the target has to itself when pinned (None: unpinned or sharing one).
+    cpu: int | None = None
 
 
 @dataclass
@@ -409,15 +411,15 @@ class Bench:
         title, extra_env = TARGETS[key]
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        pin, placement = self.pinning.under_test(), self._target_cpu()
+        pin, placement, cpu = self.pinning.under_test(), self._target_cpu(), self.pinning.target_cpu
         if key == "nginx":
             popen = self.nginx(name, PROXY_SERVERS, pin, port=port, upstream=upstream.removeprefix("http://"))
-            return Target(key, title, url, popen.pid, placement, self.commands[name])
+            return Target(key, title, url, popen.pid, placement, self.commands[name], cpu=self.pinning.target_cpu)
         if key == "aiohttp":
             argv = [*pin, sys.executable, str(BENCH / "aiohttp_peer.py"), "--port", str(port), "--upstream", upstream]
             popen = self.stack.enter_context(running(name, argv, url + "/healthz", self.tmp))
             self.commands[name] = self.show(argv)
-            return Target(key, title, url, popen.pid, placement, self.commands[name])
+            return Target(key, title, url, popen.pid, placement, self.commands[name], cpu=self.pinning.target_cpu)
         admin = free_port()
         env = {
             "RUM_PROXY_UPSTREAM_URL": upstream,
@@ -433,6 +435,7 @@ class Bench:
         if key == "proxy-2w":
             pin = self.pinning.both()
             placement = "unpinned" if not pin else f"CPUs {self.pinning.load_cpu},{self.pinning.target_cpu} (shared)"
+            cpu = None
         # Defaults means defaults: none of the bench's own RUM_PROXY_*/DD_* variables leak in.
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("RUM_PROXY_", "DD_"))}
         argv = [*pin, sys.executable, "-m", "proxy"]
@@ -441,7 +444,8 @@ class Bench:
         )
         shown = " ".join(f"{k}={v}" for k, v in env.items() if k not in ("RUM_PROXY_HOST", "RUM_PROXY_ADMIN_HOST"))
         self.commands[name] = f"{shown} {self.show(argv)}"
-        return Target(key, title, url, popen.pid, placement, self.commands[name], f"http://127.0.0.1:{admin}/metrics")
+        metrics = f"http://127.0.0.1:{admin}/metrics"
+        return Target(key, title, url, popen.pid, placement, self.commands[name], metrics, cpu)
 
 
 # key -> (what it is, extra environment for the proxy)
@@ -468,6 +472,17 @@ class Run:
     errors: int
     processes: int
     found_in: str | None
+    # Share of the run's wall time the target's CPU spent on anything but the target (None: not pinned alone).
+    others: float | None
+
+
+def busy_seconds(cpu: int) -> float:
+    """user + nice + system + steal time of one CPU so far, from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            ticks = [int(x) for x in line.split()[1:9]]
+            return (ticks[0] + ticks[1] + ticks[2] + ticks[7]) / CLOCK_TICKS
+    raise ValueError(f"cpu{cpu} not in /proc/stat")
 
 
 def session_sources(metrics_url: str | None) -> dict[str, float]:
@@ -512,8 +527,13 @@ def measure(bench: Bench, target: Target, load: Load, duration: int, record: boo
     before = session_sources(target.metrics_url) if record else {}
     reset_peak_rss(target.pid)
     cpu_before = cpu_seconds(target.pid)
+    busy_before = busy_seconds(target.cpu) if target.cpu is not None else 0.0
+    started = time.monotonic()
     out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=duration + 60).stdout
     cpu = cpu_seconds(target.pid) - cpu_before
+    others = None
+    if target.cpu is not None:
+        others = max(0.0, busy_seconds(target.cpu) - busy_before - cpu) / (time.monotonic() - started)
     result = parse_wrk(out)
     if result.requests == 0:
         raise RuntimeError(f"{target.key} answered no request under {load.key}:\n{out}")
@@ -527,6 +547,7 @@ def measure(bench: Bench, target: Target, load: Load, duration: int, record: boo
         errors=result.errors,
         processes=len(process_tree(target.pid)),
         found_in=found,
+        others=others,
     )
 
 
@@ -542,6 +563,7 @@ class Summary:
     errors: int
     processes: int
     found_in: str | None
+    others_max: float | None
 
     @classmethod
     def of(cls, runs: list[Run]) -> Summary:
@@ -557,6 +579,7 @@ class Summary:
             errors=sum(r.errors for r in runs),
             processes=max(r.processes for r in runs),
             found_in=runs[-1].found_in,
+            others_max=max((r.others for r in runs if r.others is not None), default=None),
         )
 
 
@@ -648,8 +671,8 @@ def load_table(load: Load, targets: list[Target], results: dict[tuple[str, str],
         f"### {load.title}",
         "",
         "| target | req/s | min–max | × nginx | p50 ms | p99 ms | added p50 / p99 ms | CPU µs/req | peak RSS MB "
-        "| ID found in |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| ID found in | others on its CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for target in targets:
         s = results.get((target.key, load.key))
@@ -666,7 +689,8 @@ def load_table(load: Load, targets: list[Target], results: dict[tuple[str, str],
         note = f" ⚠ {s.errors} errors" if s.errors else ""
         lines.append(
             f"| {name}{note} | {s.rps:,.0f} | {s.rps_min:,.0f}–{s.rps_max:,.0f} | {ratio} | {fmt_ms(s.p50_ms)} "
-            f"| {fmt_ms(s.p99_ms)} | {added} | {s.cpu_us:.1f} | {s.peak_rss_mb:.0f} | {s.found_in or ''} |"
+            f"| {fmt_ms(s.p99_ms)} | {added} | {s.cpu_us:.1f} | {s.peak_rss_mb:.0f} | {s.found_in or ''} "
+            f"| {'' if s.others_max is None else f'{s.others_max:.0%}'} |"
         )
     return [*lines, ""]
 
@@ -701,6 +725,10 @@ def checks(results: dict[tuple[str, str], Summary], streams: list[StreamsResult]
             f"{'PASS' if cost <= MAX_INSPECTION_COST else 'FAIL'}  inspecting 20 KB JSON vs text/plain, defaults: "
             f"{cost:+.1%} throughput cost ({inspected.rps:,.0f} vs {plain.rps:,.0f} req/s; "
             f"target ≤ {MAX_INSPECTION_COST:.0%})"
+        )
+        lines.append(
+            f"INFO  inspecting 20 KB JSON in CPU per request: {inspected.cpu_us:.1f} vs {plain.cpu_us:.1f} µs "
+            f"({inspected.cpu_us / plain.cpu_us - 1:+.1%})"
         )
     else:
         lines.append("SKIP  inspection cost (json20k or text20k not measured)")
@@ -831,6 +859,7 @@ def measure_all(args: argparse.Namespace, pinning: Pinning) -> Measured:
                     print(
                         f"  round {round_}/{args.rounds} {load.key:8} {target.key:14} {run.rps:>10,.0f} req/s  "
                         f"p50 {fmt_ms(run.p50_ms)} ms  p99 {fmt_ms(run.p99_ms)} ms  {run.cpu_us:.1f} µs CPU/req"
+                        + ("" if run.others is None else f"  others on its CPU {run.others:.0%}")
                         + (f"  ⚠ {run.errors} errors" if run.errors else ""),
                         file=sys.stderr,
                     )
@@ -859,7 +888,9 @@ def render(args: argparse.Namespace, pinning: Pinning, header: list[str], measur
         "target in turn, rounds alternating; upstream nginx `return 200`, keep-alive. *added* = latency minus "
         "direct's (medians). *CPU µs/req* = utime+stime of the target's processes over the run ÷ requests. *peak "
         "RSS* = VmHWM summed over its processes (reset before each run). *ID found in* = where the proxy's "
-        "`rum_proxy_requests_total{session_source}` says it found the session ID.",
+        "`rum_proxy_requests_total{session_source}` says it found the session ID. *others on its CPU* = the largest "
+        "share of a run's wall time the target's CPU spent on anything else (other processes, hypervisor steal; "
+        "from /proc/stat): near 0 % on a quiet machine; above a few % its req/s and latency are disturbed.",
         "",
         "## Targets (issue 9)",
         "",
