@@ -360,6 +360,16 @@ class Target:
     metrics_url: str | None = None
     # The CPU the target has to itself when pinned (None: unpinned or sharing one).
     cpu: int | None = None
+    log: Path | None = None  # its stderr
+
+    def state(self) -> str:
+        """Whether the target still runs, and the end of its stderr: what explains a failed run."""
+        try:
+            alive = _stat_fields(self.pid)[0] not in ("Z", "X")
+        except OSError:
+            alive = False
+        tail = self.log.read_text(errors="replace")[-3000:] if self.log and self.log.exists() else ""
+        return f"{self.key} is {'running' if alive else 'NOT running'}; its stderr ends:\n{tail}"
 
 
 @dataclass
@@ -390,7 +400,8 @@ class Bench:
         self.agent_url = f"http://127.0.0.1:{agent_port}"
         popen = self.nginx("upstream", UPSTREAM_SERVERS, self.pinning.load_side(), port=port, agent_port=agent_port)
         url = f"http://127.0.0.1:{port}"
-        return Target("direct", "direct to the upstream (nginx `return 200`)", url, popen.pid, self._load_cpu(), "")
+        title = "direct to the upstream (nginx `return 200`)"
+        return Target("direct", title, url, popen.pid, self._load_cpu(), "", log=self.tmp / "upstream.error.log")
 
     def start_sse_upstream(self) -> str:
         port = free_port()
@@ -414,12 +425,14 @@ class Bench:
         pin, placement, cpu = self.pinning.under_test(), self._target_cpu(), self.pinning.target_cpu
         if key == "nginx":
             popen = self.nginx(name, PROXY_SERVERS, pin, port=port, upstream=upstream.removeprefix("http://"))
-            return Target(key, title, url, popen.pid, placement, self.commands[name], cpu=self.pinning.target_cpu)
+            log = self.tmp / f"{name}.error.log"
+            return Target(key, title, url, popen.pid, placement, self.commands[name], cpu=cpu, log=log)
         if key == "aiohttp":
             argv = [*pin, sys.executable, str(BENCH / "aiohttp_peer.py"), "--port", str(port), "--upstream", upstream]
             popen = self.stack.enter_context(running(name, argv, url + "/healthz", self.tmp))
             self.commands[name] = self.show(argv)
-            return Target(key, title, url, popen.pid, placement, self.commands[name], cpu=self.pinning.target_cpu)
+            log = self.tmp / f"{name}.log"
+            return Target(key, title, url, popen.pid, placement, self.commands[name], cpu=cpu, log=log)
         admin = free_port()
         env = {
             "RUM_PROXY_UPSTREAM_URL": upstream,
@@ -445,7 +458,9 @@ class Bench:
         shown = " ".join(f"{k}={v}" for k, v in env.items() if k not in ("RUM_PROXY_HOST", "RUM_PROXY_ADMIN_HOST"))
         self.commands[name] = f"{shown} {self.show(argv)}"
         metrics = f"http://127.0.0.1:{admin}/metrics"
-        return Target(key, title, url, popen.pid, placement, self.commands[name], metrics, cpu)
+        return Target(
+            key, title, url, popen.pid, placement, self.commands[name], metrics, cpu, self.tmp / f"{name}.log"
+        )
 
 
 # key -> (what it is, extra environment for the proxy)
@@ -514,6 +529,22 @@ def describe_sources(before: dict[str, float], after: dict[str, float], requests
     return source if share >= 0.99 else f"{source} {share:.0%}"
 
 
+def run_wrk(argv: list[str], duration: int, what: str, target: Target) -> str:
+    """wrk's stdout; a failed wrk is reported and retried once."""
+
+    def attempt() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+
+    done = attempt()
+    if done.returncode != 0:
+        print(f"  {what}: wrk exited {done.returncode}: {done.stderr.strip()}; {target.state()}", file=sys.stderr)
+        print("  retrying once", file=sys.stderr)
+        done = attempt()
+    if done.returncode != 0:
+        raise RuntimeError(f"{what}: wrk exited {done.returncode}:\n{done.stdout}{done.stderr}{target.state()}")
+    return done.stdout
+
+
 def measure(bench: Bench, target: Target, load: Load, duration: int, record: bool = True) -> Run:
     body_path = bench.tmp / f"{load.key}.body"
     body_path.write_bytes(load.body)
@@ -529,7 +560,7 @@ def measure(bench: Bench, target: Target, load: Load, duration: int, record: boo
     cpu_before = cpu_seconds(target.pid)
     busy_before = busy_seconds(target.cpu) if target.cpu is not None else 0.0
     started = time.monotonic()
-    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=duration + 60).stdout
+    out = run_wrk(argv, duration, f"{target.key}, {load.key}", target)
     cpu = cpu_seconds(target.pid) - cpu_before
     others = None
     if target.cpu is not None:
@@ -737,7 +768,12 @@ def checks(results: dict[tuple[str, str], Summary], streams: list[StreamsResult]
         for pct, limit in (("p50", MAX_ADDED_P50), ("p99", MAX_ADDED_P99)):
             base = getattr(direct, f"{pct}_ms")
             ours, theirs = getattr(proxy_1, f"{pct}_ms") - base, getattr(nginx_1, f"{pct}_ms") - base
-            ratio = ours / theirs if theirs > 0 else float("inf")
+            if theirs <= 0:
+                lines.append(
+                    f"SKIP  added latency {pct} at one connection: nginx added {theirs:.3f} ms (noise), no ratio"
+                )
+                continue
+            ratio = ours / theirs
             lines.append(
                 f"{'PASS' if ratio <= limit else 'FAIL'}  added latency {pct} at one connection, defaults: "
                 f"{ours:.3f} ms = {ratio:.2f}× nginx's {theirs:.3f} ms (target ≤ {limit}×)"
