@@ -50,7 +50,8 @@ demo: $(STAMP) $(NODE_STAMP)
 screenshot: $(STAMP) browser-deps
 	DEMO_SCREENSHOT=$(CURDIR)/docs/demo.png $(PY) -m pytest tests/browser/test_demo.py
 
-# Throughput against direct and nginx in one run (needs nginx and wrk from Debian).
+# The proxy against direct, nginx and a plain aiohttp proxy in one run, then the hook's cost (bench/README.md).
+# nginx and wrk come from Debian; taskset (util-linux) pins the load and the target to separate CPUs.
 bench: $(STAMP)
 	command -v nginx >/dev/null && command -v wrk >/dev/null || { $(APT) update -qq && $(APT) install -y -qq nginx-light wrk; }
 	$(PY) bench/run.py --write
