@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 logger = structlog.get_logger()
 
 
+DRAIN_LINGER_SECONDS = 1.0
+
+
 class Lifecycle:
     """Whether the proxy still takes traffic; readiness answers 503 once draining."""
 
@@ -106,6 +109,8 @@ class Proxy:
         # Each connection checks its deadlines this often: timeouts fire within a quarter of their value.
         timeouts = (self.header_timeout, self.keepalive_timeout, self.body_timeout, self.idle_timeout)
         self.tick = min(max(min(timeouts) / 4, 0.01), 1.0)
+        self.idle_limit = self.keepalive_timeout  # how long an idle client connection stays open
+        self.drain_started = 0.0
         self.in_flight = 0
         self.connections: set[ClientConnection] = set()
         self.tunnels: set[Tunnel] = set()
@@ -166,7 +171,8 @@ class Proxy:
             fields["dd.trace_id"] = exchange.log_trace_id
         if exchange.error is not None:
             fields["error"] = exchange.error
-        log_request(fields, warning=exchange.error is not None)
+        if not exchange.logged:
+            log_request(fields, warning=exchange.error is not None)
         if exchange.span is not None:
             self.tracing.finish(exchange.span, exchange.status, exchange.error)  # type: ignore[arg-type]
 
@@ -189,8 +195,11 @@ class Proxy:
     def drain(self) -> None:
         """Stop taking requests: idle connections close now, busy ones after their response, WebSockets get 1001."""
         self.lifecycle.draining = True
-        for connection in list(self.connections):
-            connection.close_if_idle()
+        # An idle connection is not closed at once: a request its client is sending right now (or a new
+        # connection's first request) would be lost in flight. It gets DRAIN_LINGER_SECONDS to send one, which is
+        # answered with `Connection: close`; the periodic check closes it after that.
+        self.idle_limit = min(self.keepalive_timeout, DRAIN_LINGER_SECONDS)
+        self.drain_started = self.loop.time()
         for tunnel in list(self.tunnels):
             tunnel.go_away()
 

@@ -70,11 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         from proxy.workers import prepare_shared_metrics
 
         prepare_shared_metrics()  # before prometheus_client is imported anywhere
-    from ddtrace.trace import tracer
-
     from proxy.log import configure_logging
 
-    tracing = settings.apm_span and tracer.enabled
+    tracing = settings.apm_span and _ddtrace_enabled()
     configure_logging(settings.log_level, settings.log_format, trace_correlation=tracing)
     for unknown in unknown_variables():
         logger.warning("unknown_variable", variable=unknown.name, did_you_mean=unknown.suggestion)
@@ -85,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return supervise(settings, tracing_enabled=tracing)
     return uvloop.run(serve(settings, tracing_enabled=tracing))
+
+
+def _ddtrace_enabled() -> bool:
+    """ddtrace's own switch (DD_TRACE_ENABLED); ddtrace is imported only when the proxy's span is asked for."""
+    from ddtrace.trace import tracer
+
+    return bool(tracer.enabled)
 
 
 def raise_open_files_limit() -> None:

@@ -58,6 +58,7 @@ class Exchange:
         self.error: str | None = None
         self.log_trace_id: str | None = None
         self.done = False
+        self.logged = False  # the request line is written by someone else (a rate-limited bad_request line)
         self.counted = False
         self.websocket = False
         self.upstream: UpstreamConnection | None = None
@@ -97,6 +98,9 @@ class Exchange:
             self.fail(503, "overloaded", "too many requests in flight", retry_after=1)
             return
         if codings and codings != [b"chunked"]:
+            # Counted and logged with the malformed requests (rate-limited), not as a request line.
+            self.logged = True
+            proxy.log_bad_request(501, "unsupported_transfer_encoding", "transfer coding other than chunked")
             self.fail(501, "unsupported_transfer_encoding", "only the chunked transfer coding is supported")
             return
         if head.method == b"CONNECT":
@@ -106,6 +110,9 @@ class Exchange:
         length = head.get(b"content-length")
         self._length_in = int(length) if length is not None and not self._chunked_in else None
         has_body = self._chunked_in or bool(self._length_in)
+        # An empty body announced with Content-Length: 0 (an empty POST) keeps its length: servers answer 411
+        # to a POST with neither a length nor chunked framing.
+        empty_framing = b"content-length: 0" if self._length_in == 0 else None
         if self.websocket:
             self._send_head(self._find_session(None), framing=None)
             return
@@ -121,7 +128,7 @@ class Exchange:
                 self._body_deadline = now + proxy.body_timeout
                 return
             logger.debug("body_not_inspected", reason=reason, path=self.path)
-        self._send_head(self._find_session(None), framing=self._streamed_framing() if has_body else None)
+        self._send_head(self._find_session(None), framing=self._streamed_framing() if has_body else empty_framing)
 
     def _not_inspected_reason(self) -> str | None:
         head = self.head

@@ -124,7 +124,9 @@ class ForwardRules:
 
     def dropped_names(self, head: RequestHead) -> frozenset[bytes]:
         names = set(HOP_BY_HOP | FRAMING | REQUEST_ONLY_DROPPED)
-        names.update(head.connection_tokens)  # every field the client named in Connection is hop-by-hop
+        # Every field the client named in Connection is hop-by-hop (RFC 9110 §7.6.1) — but Host, which the
+        # upstream needs and no hop can own.
+        names.update(token for token in head.connection_tokens if token != b"host")
         names.update((b"x-forwarded-for", self.session_header))
         if self.replaces_trace_headers:
             names.update(TRACE_HEADERS)

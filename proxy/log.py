@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 
 import orjson
 import structlog
-from ddtrace.trace import tracer
 
 from config.settings import LogFormat, LogLevel
 
@@ -30,6 +29,8 @@ logger = structlog.get_logger()
 
 def _datadog_correlation(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Add dd.trace_id/dd.span_id of the active span so Datadog links log lines and traces."""
+    from ddtrace.trace import tracer
+
     context = tracer.get_log_correlation_context()  # dd.trace_id, dd.span_id, dd.service, dd.env, dd.version
     if context.get("dd.trace_id", "0") != "0":
         event.update((key, value) for key, value in context.items() if value)

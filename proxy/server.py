@@ -82,9 +82,6 @@ class ClientConnection(asyncio.Protocol):
             self.write(error_response(503, "overloaded", "too many client connections", retry_after=1))
             self.close()
             return
-        if proxy.draining:
-            self.close()
-            return
         self._idle_since = proxy.loop.time()
         self._timer = proxy.loop.call_later(proxy.tick, self._tick)
 
@@ -313,15 +310,16 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def abort(self) -> None:
-        """Close at once, unsent data dropped: the client must see an incomplete response, never a clean end."""
+        """Close at once with a reset: the client must see an incomplete response, never a clean end. What this
+        read event already wrote (a response head, body bytes — never an end) is sent first."""
         self.closing = True
         self._cancel_timer()
-        self._out = []
+        self.flush()
         if self.transport is not None:
             self.transport.abort()
 
     def close_if_idle(self) -> None:
-        if self.exchange is None and self.tunnel is None and not self._queue:
+        if self.exchange is None and self.tunnel is None and not self._queue and not self._in_head:
             self.close()
 
     def _cancel_timer(self) -> None:
@@ -344,7 +342,7 @@ class ClientConnection(asyncio.Protocol):
             elif self._in_head:
                 if now - self._head_started >= proxy.header_timeout:
                     self._reject(Rejected(408, "request_timeout", "the request headers did not arrive in time"))
-            elif not self._queue and now - self._idle_since >= proxy.keepalive_timeout:
+            elif not self._queue and now - max(self._idle_since, proxy.drain_started) >= proxy.idle_limit:
                 self.close()
         finally:
             batch.end()

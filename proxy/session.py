@@ -25,7 +25,6 @@ __all__ = [
 ]
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_UNICODE_ESCAPE = b"\\u"
 
 
 def validate_session_id(value: object) -> str | None:
@@ -105,9 +104,14 @@ def inspectable_body(body: bytes, content_encoding: bytes | None, limit: int) ->
 def json_field(body: bytes, path: tuple[str, ...]) -> object | None:
     """The value at a dotted path in a JSON object body, or None when absent or the body is not JSON."""
     try:
-        node: object = orjson.loads(body)
+        document: object = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
+    return field_at(document, path)
+
+
+def field_at(node: object, path: tuple[str, ...]) -> object | None:
+    """The value at a dotted path in a parsed JSON document (duplicate keys: the last one, as orjson keeps)."""
     for key in path:
         if not isinstance(node, dict) or key not in node:
             return None
@@ -129,7 +133,21 @@ class SessionExtractor:
         self.sources = tuple(sources)
         self.inspects_body = SessionSource.BODY in self.sources
         self._json_paths = tuple(tuple(field.split(".")) for field in body_fields)
-        self._json_keys = tuple(orjson.dumps(path[-1]) for path in self._json_paths)
+        # A top-level field as the very last member of the body's object, e.g. `…,"session_id":"<uuid>"}`. In a
+        # valid JSON document that text can only be the object's last member (the final `}` closes the top-level
+        # object, a UUID holds no quote or backslash, and `{` or `,` before the key makes it a key), so the
+        # value is the one a parser would return for that key: the last duplicate. Invalid JSON that ends this
+        # way still yields the ID; the agent refuses such a body anyway, and the ID is validated as usual.
+        simple = [path[0] for path in self._json_paths if len(path) == 1 and re.fullmatch(r"[A-Za-z0-9_.-]+", path[0])]
+        self._last_member = (
+            re.compile(
+                rb'[{,]\s*"(?:'
+                + b"|".join(re.escape(name.encode()) for name in simple)
+                + rb')"\s*:\s*"([0-9a-fA-F-]{36})"\s*}\s*\Z'
+            )
+            if simple and len(simple) == len(self._json_paths) == 1
+            else None
+        )
         self._form_fields = tuple(body_fields)
         self._query_params = tuple(query_params)
         self._header_names = tuple(header_names)
@@ -157,10 +175,19 @@ class SessionExtractor:
         if not body:
             return ()
         if parts.body_kind == "json":
-            # Cheap pre-check: skip parsing a body that cannot contain any of the field names.
-            if _UNICODE_ESCAPE not in body and not any(key in body for key in self._json_keys):
+            # The Datadog guide's frontend appends the ID as the last member: found from the end of the body
+            # without parsing it (exact for any valid JSON document, see _last_member).
+            if self._last_member is not None:
+                match = self._last_member.search(body, max(0, len(body) - 256))
+                if match is not None:
+                    return (match.group(1).decode("ascii"),)
+            # Otherwise parsed once, whatever the number of paths; orjson gets escaped, nested and duplicate
+            # keys right (a duplicate key: the last one wins, as in the fast path).
+            try:
+                document: object = orjson.loads(body)
+            except orjson.JSONDecodeError:
                 return ()
-            return (value for path in self._json_paths if (value := json_field(body, path)) is not None)
+            return (value for path in self._json_paths if (value := field_at(document, path)) is not None)
         if parts.body_kind == "form":
             try:
                 fields = parse_qsl(body.decode("ascii"), keep_blank_values=True, errors="strict")

@@ -8,9 +8,10 @@ session, and puts the ID in the trace context as `_dd.p.llmobs_sid`, which ddtra
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from ddtrace.propagation.http import HTTPPropagator
-from ddtrace.trace import Span, tracer
+if TYPE_CHECKING:  # ddtrace is imported only when the span is on: it costs ~30 MB and starts threads
+    from ddtrace.trace import Span
 
 LLMOBS_SESSION_TAG = "_dd.p.llmobs_sid"
 SPAN_NAME = "rum_proxy.request"
@@ -25,6 +26,9 @@ class Tracing:
     def start(self, headers: Mapping[str, str], method: str, path: str) -> Span | None:
         if not self.enabled:
             return None
+        from ddtrace.propagation.http import HTTPPropagator
+        from ddtrace.trace import tracer
+
         parent = HTTPPropagator.extract(headers)  # type: ignore[no-untyped-call]
         span = tracer.start_span(
             SPAN_NAME,
@@ -47,6 +51,8 @@ class Tracing:
             span.set_tag("rum.session_id", session_id)
             span.set_tag("rum.session_source", source)
             span.context._meta[LLMOBS_SESSION_TAG] = session_id
+        from ddtrace.propagation.http import HTTPPropagator
+
         headers: dict[str, str] = {}
         HTTPPropagator.inject(span, headers)
         return headers

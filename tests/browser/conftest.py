@@ -109,6 +109,9 @@ def stack(browser_ws_url: str, test_agent: TestAgent, gated_llm: str, console: s
         "RUM_PROXY_PORT": str(proxy_port),
         "RUM_PROXY_ADMIN_HOST": "127.0.0.1",
         "RUM_PROXY_ADMIN_PORT": str(admin_port),
+        # The proxy's own span (RUM_PROXY_APM_SPAN) records where it found the ID (rum.session_source), which
+        # these tests read back from the test agent; the demo test covers the default, span-less propagation.
+        "RUM_PROXY_APM_SPAN": "true",
         "DD_TRACE_ENABLED": "true",
         "DD_SERVICE": "rum-llmobs-proxy",
     }

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import time
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,6 +11,7 @@ from multidict import CIMultiDict, MultiDict
 
 from config.settings import SessionSource
 from proxy.session import Extraction, RequestParts, SessionExtractor, body_kind, validate_session_id
+from tests.proxy.conftest import SESSION_ID
 
 SID = "2c9b6f1e-8a3d-4f5b-9c7e-1d2f3a4b5c6d"
 SID2 = "7e6d5c4b-3a2f-4e1d-8c9b-0a1f2e3d4c5b"
@@ -154,3 +156,51 @@ def test_arbitrary_bodies_never_raise(body: bytes, content_type: str | None) -> 
 def test_arbitrary_headers_never_yield_an_invalid_id(headers: dict[str, str]) -> None:
     result = extractor().extract(parts(headers=headers))
     assert result.session_id is None or validate_session_id(result.session_id) == result.session_id
+
+
+def parsed_answer(body: bytes) -> object | None:
+    """What a JSON parser says `session_id` is: the reference the fast path must agree with."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return document.get("session_id") if isinstance(document, dict) else None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.just(SESSION_ID),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(["a", "session_id"]), children),
+    max_leaves=8,
+)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["message", "session_id", "meta", "x"]), json_values), max_size=6),
+    st.sampled_from(["", " ", "\n  "]),
+)
+def test_the_last_member_fast_path_agrees_with_a_parser(members: list[tuple[str, object]], space: str) -> None:
+    """Nested, escaped and duplicate keys: the ID found equals what orjson reads for `session_id`."""
+    body = "{" + ",".join(f"{orjson.dumps(k).decode()}:{space}{orjson.dumps(v).decode()}" for k, v in members) + "}"
+    result = extractor().extract(parts(body=body.encode())).session_id
+    expected = parsed_answer(body.encode())
+    assert result == (expected if isinstance(expected, str) and validate_session_id(expected) else None)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"message": "hi", "session_id": "' + SESSION_ID.encode() + b'"}',
+        b'{"session_id": "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d", "session_id": "' + SESSION_ID.encode() + b'" }\n',
+        b'{"session\\u005fid": "' + SESSION_ID.encode() + b'"}',  # an escaped key: found by the parser
+        b'{"meta": {"session_id": "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d"}, "session_id": "'
+        + SESSION_ID.encode()
+        + b'"}',
+    ],
+)
+def test_last_members_and_escaped_keys(body: bytes) -> None:
+    assert extractor().extract(parts(body=body)).session_id == SESSION_ID
+
+
+def test_a_nested_last_member_is_not_the_top_level_field() -> None:
+    body = b'{"message": "hi", "meta": {"session_id": "' + SESSION_ID.encode() + b'"}}'
+    assert extractor().extract(parts(body=body)).session_id is None
