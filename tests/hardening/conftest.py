@@ -166,11 +166,18 @@ class ProxyProcess:
         return sum(value for (sample, got), value in self.metrics().items() if sample == name and wanted <= got)
 
     # --- resources ---------------------------------------------------------------------------------------------
-    def rss_bytes(self) -> int:
+    def _status_kib(self, field: str) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
+        raise AssertionError(f"no {field} in /proc/{self.pid}/status")
+
+    def rss_bytes(self) -> int:
+        return self._status_kib("VmRSS")
+
+    def peak_rss_bytes(self) -> int:
+        """The highest RSS the process has had (VmHWM)."""
+        return self._status_kib("VmHWM")
 
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
