@@ -7,6 +7,7 @@ import json
 import select
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ class Response:
     body: bytes = b""
     ending: str = Ending.COMPLETE
     chunked: bool = False
+    body_length: int = 0  # bytes of body received (also counted when they went to a sink instead of `body`)
 
     def header(self, name: str) -> str | None:
         values = self.all(name)
@@ -57,7 +59,7 @@ class Connection:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.timeout = timeout
-        self.buffer = b""
+        self.buffer = bytearray()
         self.ending: str | None = None  # set once the stream ended (EOF, reset or timeout)
 
     def __enter__(self) -> Connection:
@@ -104,17 +106,40 @@ class Connection:
         while b"\r\n" not in self.buffer:
             if not self._fill(deadline):
                 return None
-        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        index = self.buffer.index(b"\r\n")
+        line = bytes(self.buffer[:index])
+        del self.buffer[: index + 2]
         return line
 
     def _take(self, size: int, deadline: float) -> bytes | None:
         while len(self.buffer) < size:
             if not self._fill(deadline):
                 return None
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
         return data
 
-    def read_response(self, *, method: str = "GET", timeout: float | None = None) -> Response:
+    def _drain(self, size: int, deadline: float, sink: Callable[[bytes], None]) -> int:
+        """Pass `size` bytes to `sink` as they arrive; return how many came before the stream ended."""
+        got = 0
+        while got < size:
+            if not self.buffer and not self._fill(deadline):
+                break
+            piece = bytes(self.buffer[: size - got])
+            del self.buffer[: len(piece)]
+            sink(piece)
+            got += len(piece)
+        return got
+
+    def _rest(self) -> bytes:
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return data
+
+    def read_response(
+        self, *, method: str = "GET", timeout: float | None = None, sink: Callable[[bytes], None] | None = None
+    ) -> Response:
+        """Read one response. With `sink`, body bytes go to it as they arrive instead of into `body`."""
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
         while True:
             head = self._read_head(deadline)
@@ -127,26 +152,32 @@ class Connection:
         transfer = ",".join(head.all("transfer-encoding")).lower()
         if "chunked" in transfer:
             head.chunked = True
-            return self._read_chunked(head, deadline)
+            return self._read_chunked(head, deadline, sink)
+        collected = bytearray()
+        out = sink or collected.extend
         length = head.header("content-length")
         if length is not None:
-            data = self._take(int(length), deadline)
-            if data is None:
-                head.body, head.ending = self.buffer, self.ending or Ending.EOF
-                self.buffer = b""
-                return head
-            head.body = data
+            head.body_length = self._drain(int(length), deadline, out)
+            head.body = bytes(collected)
+            if head.body_length < int(length):
+                head.ending = self.ending or Ending.EOF
             return head
-        while self._fill(deadline):  # close-delimited
-            pass
-        head.body, self.buffer = self.buffer, b""
+        while self.buffer or self._fill(deadline):  # close-delimited
+            piece = self._rest()
+            out(piece)
+            head.body_length += len(piece)
+        head.body = bytes(collected)
         head.ending = Ending.COMPLETE if self.ending == Ending.EOF else (self.ending or Ending.EOF)
         return head
+
+    def read_head(self, timeout: float | None = None) -> Response:
+        """Read only the status line and headers, leaving the body on the stream."""
+        return self._read_head(time.monotonic() + (timeout if timeout is not None else self.timeout))
 
     def _read_head(self, deadline: float) -> Response:
         status_line = self._take_line(deadline)
         if status_line is None:
-            return Response(status=None, ending=self.ending or Ending.EOF, body=self.buffer)
+            return Response(status=None, ending=self.ending or Ending.EOF, body=bytes(self.buffer))
         parts = status_line.decode("latin-1").split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
             raise ValueError(f"not an HTTP status line: {status_line!r}")
@@ -161,8 +192,9 @@ class Connection:
             name, _, value = line.decode("latin-1").partition(":")
             response.headers.append((name, value.strip(" \t")))
 
-    def _read_chunked(self, response: Response, deadline: float) -> Response:
+    def _read_chunked(self, response: Response, deadline: float, sink: Callable[[bytes], None] | None) -> Response:
         body = bytearray()
+        out = sink or body.extend
         while True:
             size_line = self._take_line(deadline)
             if size_line is None:
@@ -177,10 +209,12 @@ class Connection:
                 return response
             data = self._take(size + 2, deadline)
             if data is None:
-                body += self.buffer
-                self.buffer = b""
+                piece = self._rest()
+                out(piece)
+                response.body_length += len(piece)
                 break
-            body += data[:-2]
+            out(data[:-2])
+            response.body_length += size
         response.body = bytes(body)
         response.ending = self.ending or Ending.EOF
         return response

@@ -273,6 +273,7 @@ class RawAnswer:
 
     data: bytes
     then: str = "keep"  # keep | close | reset | hang
+    delay: float = 0.0  # seconds between writing `data` and doing `then`: the shape of the fault
 
 
 @dataclass
@@ -345,6 +346,8 @@ class RawUpstream(Notifier):
                 answer = self.script(target)
                 writer.write(answer.data)
                 await writer.drain()
+                if answer.delay:
+                    await asyncio.sleep(answer.delay)
                 if answer.then == "close":
                     writer.close()
                     return
