@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import select
 import socket
 import time
@@ -145,6 +146,18 @@ class Connection:
             head = self._read_head(deadline)
             if head.status is None or not 100 <= head.status < 200 or head.status == 101:
                 break  # interim 1xx answers (100 Continue) are skipped, as a client does
+        return self.read_body(head, method=method, deadline=deadline, sink=sink)
+
+    def read_body(
+        self,
+        head: Response,
+        *,
+        method: str = "GET",
+        deadline: float | None = None,
+        sink: Callable[[bytes], None] | None = None,
+    ) -> Response:
+        """Read the body of a response whose head `read_head` returned; fills in and returns `head`."""
+        deadline = deadline if deadline is not None else time.monotonic() + self.timeout
         if head.status is None or head.status == 101:
             return head
         if method == "HEAD" or head.status in (204, 304):
@@ -274,3 +287,50 @@ def chunk_encode(body: bytes, size: int = 4096) -> bytes:
         piece = body[start : start + size]
         out += f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
     return bytes(out + b"0\r\n\r\n")
+
+
+WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def websocket_connect(port: int, target: str, *, timeout: float = GUARD) -> tuple[Connection, Response]:
+    """Open a WebSocket with a raw handshake; the Connection then carries frames (see ws_send / ws_receive)."""
+    conn = Connection(port, timeout=timeout)
+    conn.send(
+        build_request(
+            "GET",
+            target,
+            [
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade"),
+                ("Sec-WebSocket-Key", WS_KEY),
+                ("Sec-WebSocket-Version", "13"),
+            ],
+        )
+    )
+    return conn, conn.read_head()
+
+
+def ws_send(conn: Connection, payload: bytes, opcode: int = 0x1) -> None:
+    """One masked, final frame (clients must mask, RFC 6455 §5.3); payloads under 64 KiB."""
+    mask = os.urandom(4)
+    length = len(payload)
+    header = bytes([0x80 | opcode]) + (
+        bytes([0x80 | length]) if length < 126 else bytes([0x80 | 126]) + length.to_bytes(2, "big")
+    )
+    conn.send(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+def ws_receive(conn: Connection, timeout: float = GUARD) -> tuple[int, bytes] | None:
+    """The next frame as (opcode, payload), or None when the stream ended first."""
+    deadline = time.monotonic() + timeout
+    head = conn._take(2, deadline)
+    if head is None:
+        return None
+    length = head[1] & 0x7F
+    if length >= 126:
+        extended = conn._take(2 if length == 126 else 8, deadline)
+        if extended is None:
+            return None
+        length = int.from_bytes(extended, "big")
+    payload = conn._take(length, deadline) if length else b""
+    return None if payload is None else (head[0] & 0x0F, payload)
