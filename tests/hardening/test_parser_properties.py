@@ -127,7 +127,11 @@ def test_with_member_never_raises_and_never_adds_line_breaks(headers: list[str],
 
 # --- JSON body field lookup ------------------------------------------------------------------------------------
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=10)
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=10),
 )
 json_docs = st.recursive(
     json_scalars,
