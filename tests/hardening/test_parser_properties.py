@@ -155,10 +155,10 @@ def from_body(body: bytes, *fields: str) -> str | None:
 @fuzz
 @given(json_docs, st.lists(st.text(max_size=8), min_size=1, max_size=3), session_values)
 def test_json_field_finds_a_value_placed_at_any_path(doc: object, path: list[str], value: object) -> None:
-    nested: object = value
-    for key in reversed(path):
+    nested: dict[str, object] = {path[-1]: value}
+    for key in reversed(path[:-1]):
         nested = {key: nested}
-    root: dict[str, object] = {"other": doc, **nested} if path[0] != "other" else nested  # type: ignore[dict-item]
+    root = nested if path[0] == "other" else {"other": doc, **nested}
     assert json_field(orjson.dumps(root), tuple(path)) == value
 
 

@@ -12,7 +12,7 @@ from tests.hardening.rawhttp import GUARD, Connection, Ending, build_request
 
 @dataclass
 class Traffic:
-    """Outcomes of a continuous stream of requests, by worker kind and by how each one ended."""
+    """Outcomes of a continuous stream of requests, by connection (fresh or reused) and by how each one ended."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
     answered: set[str] = field(default_factory=set)
@@ -31,12 +31,12 @@ class Traffic:
 def run_client(port: int, name: str, keep_alive: bool, stop: threading.Event, traffic: Traffic) -> None:
     """Back-to-back GETs. A failure before any response byte is a refusal or a pre-accept/idle-close race;
     a response that started and did not finish, or a 5xx, is a request the proxy lost."""
-    kind = "keep-alive" if keep_alive else "fresh"
     conn: Connection | None = None
     number = 0
     while not stop.is_set():
         number += 1
         target = f"/rolling/{name}/{number}"
+        kind = "fresh" if conn is None else "reused"  # a new connection, or a keep-alive one used again
         try:
             if conn is None:
                 conn = Connection(port, timeout=GUARD)
@@ -48,18 +48,22 @@ def run_client(port: int, name: str, keep_alive: bool, stop: threading.Event, tr
             continue
         except (ConnectionResetError, BrokenPipeError):
             traffic.record(kind, "reset-before-response")
-            conn = close_quietly(conn)
+            close_quietly(conn)
+            conn = None
             continue
         if response.status is None:
             traffic.record(kind, "reset-before-response" if response.ending == Ending.RESET else "eof-before-response")
-            conn = close_quietly(conn)
+            close_quietly(conn)
+            conn = None
         elif response.status == 200 and response.complete:
             traffic.record(kind, "answered", target)
             if not keep_alive or (response.header("connection") or "").lower() == "close":
-                conn = close_quietly(conn)
+                close_quietly(conn)
+                conn = None
         else:
             traffic.record(kind, f"lost-{response.status}-{response.ending}")
-            conn = close_quietly(conn)
+            close_quietly(conn)
+            conn = None
     close_quietly(conn)
 
 
