@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from tests.hardening.conftest import GUARD, ProxyFactory, assert_error_answer
-from tests.hardening.rawhttp import Connection, Ending, build_request, exchange
+from tests.hardening.rawhttp import Connection, Ending, build_request, exchange, websocket_connect, ws_receive, ws_send
 from tests.hardening.upstreams import RecordingUpstream, flood_sha256
 
 MIB = 1024 * 1024
@@ -106,3 +106,44 @@ def wait_until_flat(
         same = same + 1 if value == last else 0
         last = value
     return int(last)
+
+
+def test_an_open_websocket_counts_against_max_connections(
+    running_proxy: ProxyFactory, upstream: RecordingUpstream
+) -> None:
+    proxy = running_proxy(upstream.url, MAX_CONNECTIONS=1)
+    ws, handshake = websocket_connect(proxy.port, "/ws/held")
+    try:
+        assert handshake.status == 101
+        ws_send(ws, b"ping")
+        assert ws_receive(ws) == (0x1, b"echo:ping")
+        shed = exchange(proxy.port, build_request("GET", "/while-ws-open"))
+        assert_error_answer(shed, 503, "overloaded")
+    finally:
+        ws.close()
+    upstream.wait_for(lambda: len(upstream.ws_close_codes) == 1, what="the upstream WebSocket closed")
+    deadline = time.monotonic() + GUARD
+    while (status := exchange(proxy.port, build_request("GET", "/after-ws")).status) != 200:
+        assert status == 503 and time.monotonic() < deadline, status
+        time.sleep(0.05)  # bounded poll: the proxy releases the slot as the bridge winds down
+
+
+def test_aborted_connections_leave_no_file_descriptors_behind(
+    running_proxy: ProxyFactory, upstream: RecordingUpstream
+) -> None:
+    proxy = running_proxy(upstream.url)
+    exchange(proxy.port, build_request("GET", "/warm-up"))
+    baseline = proxy.fd_count()
+    for number in range(20):
+        half_headers = Connection(proxy.port)
+        half_headers.send(b"GET /half HTTP/1.1\r\nHost: proxy.test\r\nX-Partial: ")
+        mid_stream = Connection(proxy.port)
+        mid_stream.send(build_request("GET", f"/forever/{number}"))
+        assert mid_stream.read_head().status == 200
+        half_headers.abort()
+        mid_stream.abort()
+    upstream.wait_for(lambda: upstream.cancelled == 20, what="every abandoned stream cancelled upstream")
+    deadline = time.monotonic() + GUARD
+    while (count := proxy.fd_count()) > baseline + 2:
+        assert time.monotonic() < deadline, f"{count} open FDs, {baseline} before 40 aborted connections"
+        time.sleep(0.05)  # bounded poll of /proc: closing is asynchronous
