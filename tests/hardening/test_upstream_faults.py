@@ -126,4 +126,5 @@ def test_a_client_that_leaves_cancels_the_upstream_call(
         conn.abort()
     upstream.wait_for(lambda: upstream.cancelled == 1, what="the upstream handler cancelled")
     line = proxy.wait_for_request_line(target)
-    assert line["status"] == 499
+    # Before any response byte the line says 499 (nginx's "client closed request"); once a 200 went out, either.
+    assert line["status"] == 499 if target == "/hold" else line["status"] in (200, 499), line

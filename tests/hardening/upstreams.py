@@ -294,6 +294,7 @@ class RawUpstream(Notifier):
         self.port = 0
         self._count = itertools.count()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -313,6 +314,9 @@ class RawUpstream(Notifier):
                 self.server.close()
                 for writer in list(self._writers):
                     writer.transport.abort()
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
                 await self.server.wait_closed()
 
         self.loop.run(close())
@@ -327,6 +331,9 @@ class RawUpstream(Notifier):
         log = RawConnectionLog(next(self._count))
         self.connections.append(log)
         self._writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         self.changed()
         try:
             while True:
@@ -362,6 +369,7 @@ class RawUpstream(Notifier):
             pass
         finally:
             self._writers.discard(writer)
+            self._tasks.discard(task)
             writer.close()
 
 
