@@ -19,7 +19,14 @@ from multidict import CIMultiDict
 from config.settings import SessionSource
 from proxy.baggage import MAX_BYTES, MAX_MEMBERS, parse_baggage, with_member
 from proxy.cookies import cookie_values, rum_session_from_cookies
-from proxy.headers import HOP_BY_HOP, downstream_response_headers, upstream_request_headers
+from proxy.headers import (
+    HOP_BY_HOP,
+    ForwardRules,
+    ResponseFraming,
+    downstream_response_head,
+    scan_request_head,
+    upstream_request_head,
+)
 from proxy.session import RequestParts, SessionExtractor, json_field, validate_session_id
 from tests.hardening.conftest import FUZZ_EXAMPLES
 
@@ -32,18 +39,42 @@ field_values = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), ma
 session_ids = st.uuids().map(str)
 
 
+RULES = ForwardRules(
+    session_header=SESSION_HEADER.encode(),
+    preserve_host=True,
+    propagate_baggage=True,
+    upstream_host=b"upstream.test:8000",
+    replaces_trace_headers=False,
+)
+
+
+def parse_head(head: bytes) -> list[tuple[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    return [(name, value) for name, _, value in (line.partition(": ") for line in lines if line)]
+
+
 def forward_headers(pairs: list[tuple[str, str]], session_id: str | None) -> list[tuple[str, str]]:
-    """The headers the proxy sends upstream for a client request with `pairs` (adapter over headers.py)."""
-    rewritten = upstream_request_headers(
-        CIMultiDict(pairs),
-        session_header=SESSION_HEADER,
+    """The headers the proxy sends upstream for a client GET with `pairs` (the adapter over headers.py)."""
+    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs]
+    head = scan_request_head(b"GET", b"/", b"1.1", raw)
+    serialized = upstream_request_head(
+        head,
+        RULES,
+        target=b"/",
         session_id=session_id,
         remote="127.0.0.1",
-        scheme="http",
-        preserve_host=True,
-        propagate_baggage=True,
+        scheme=b"http",
+        trace_headers={},
+        body_framing=None,
     )
-    return list(rewritten.items())
+    return parse_head(serialized)
+
+
+def returned_headers(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The headers the proxy returns to the client for an upstream 200 with `pairs` and a 2-byte body."""
+    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs]
+    head = downstream_response_head(200, b"OK", raw, framing=ResponseFraming("length", 2), chunked_to_client=False)
+    return parse_head(head)
 
 
 # --- cookies ---------------------------------------------------------------------------------------------------
@@ -184,11 +215,19 @@ def test_the_body_lookup_agrees_with_a_json_parser(entries: list[tuple[str, obje
 
 
 # --- header rewriting ------------------------------------------------------------------------------------------
+HOP = {name.decode() for name in HOP_BY_HOP}
+PROXY_OWNED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "baggage", "expect", "host", SESSION_HEADER}
 header_names = st.one_of(
     tokens,
-    st.sampled_from(["Connection", "Keep-Alive", "TE", "Upgrade", "Proxy-Connection", "Transfer-Encoding"]),
+    st.sampled_from(["Connection", "Keep-Alive", "TE", "Upgrade", "Proxy-Connection", "HTTP2-Settings", "Host"]),
     st.sampled_from(["x-rum-session-id", "X-RUM-SESSION-ID", "x_rum_session_id", "X_Rum-Session_Id"]),
 )
+
+
+def connection_named(pairs: list[tuple[str, str]]) -> set[str]:
+    return {
+        token.strip().lower() for name, value in pairs if name.lower() == "connection" for token in value.split(",")
+    }
 
 
 @fuzz
@@ -196,29 +235,26 @@ header_names = st.one_of(
 def test_forwarded_headers_carry_only_the_proxys_session_and_no_hop_by_hop_field(
     pairs: list[tuple[str, str]], session_id: str | None
 ) -> None:
+    pairs = [("Host", "proxy.test"), *[(name, value) for name, value in pairs if name.lower() != "host"]]
     forwarded = forward_headers(pairs, session_id)
-    named = {
-        token.strip().lower() for name, value in pairs if name.lower() == "connection" for token in value.split(",")
-    }
     names = [name.lower() for name, _ in forwarded]
-    assert not set(names) & {str(h).lower() for h in HOP_BY_HOP}
+    assert not set(names) & HOP
+    assert not (connection_named(pairs) - PROXY_OWNED) & set(names), "a field named in Connection was forwarded"
     sessions = [value for name, value in forwarded if name.lower().replace("_", "-") == SESSION_HEADER]
     assert sessions == ([session_id] if session_id else [])
-    proxy_owned = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "baggage", "expect", SESSION_HEADER}
-    assert not (named - proxy_owned) & set(names), "a field named in Connection was forwarded"
-    hop = {str(h).lower() for h in HOP_BY_HOP} | named | proxy_owned
+    assert names.count("host") == 1, "an HTTP/1.1 request always carries exactly one Host"
+    dropped = HOP | connection_named(pairs) | PROXY_OWNED | {"content-length", "transfer-encoding"}
     expected = [
-        (n.lower(), v) for n, v in pairs if n.lower() not in hop and n.lower().replace("_", "-") != SESSION_HEADER
+        (name.lower(), value)
+        for name, value in pairs
+        if name.lower() not in dropped and name.lower().replace("_", "-") != SESSION_HEADER
     ]
-    assert [(n.lower(), v) for n, v in forwarded if n.lower() not in proxy_owned] == expected
+    assert [(name.lower(), value) for name, value in forwarded if name.lower() not in PROXY_OWNED] == expected
 
 
 @fuzz
-@given(st.lists(st.tuples(header_names, field_values), max_size=12))
+@given(st.lists(st.tuples(header_names.filter(lambda n: n.lower() != "content-length"), field_values), max_size=12))
 def test_response_headers_lose_only_hop_by_hop_fields(pairs: list[tuple[str, str]]) -> None:
-    returned = list(downstream_response_headers(CIMultiDict(pairs)).items())
-    named = {
-        token.strip().lower() for name, value in pairs if name.lower() == "connection" for token in value.split(",")
-    }
-    hop = {str(h).lower() for h in HOP_BY_HOP} | named
+    returned = [(name, value) for name, value in returned_headers(pairs) if name.lower() != "content-length"]
+    hop = HOP | connection_named(pairs)
     assert returned == [(name, value) for name, value in pairs if name.lower() not in hop]

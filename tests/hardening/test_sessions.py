@@ -194,3 +194,10 @@ def test_h2c_upgrades_are_forwarded_as_plain_requests(
     assert response.status == 200 and response.json()["target"] == "/h2c"
     names = {name.lower() for name, _ in seen.headers}
     assert not names & {"upgrade", "http2-settings", "connection"}, seen.headers
+
+
+@pytest.mark.parametrize("named", ["host", "Host, keep-alive", "x-forwarded-for, host"])
+def test_connection_cannot_take_away_the_host(proxy: ProxyProcess, upstream: RecordingUpstream, named: str) -> None:
+    """A field named in Connection is hop-by-hop, but an HTTP/1.1 request always carries exactly one Host."""
+    _, seen = send(proxy, upstream, build_request("GET", "/connection-host", [("Connection", named)]))
+    assert len(seen.all("host")) == 1, seen.headers

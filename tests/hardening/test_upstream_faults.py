@@ -23,8 +23,8 @@ BROKEN = {
     "/bad/nul-in-header": b"HTTP/1.1 200 OK\r\nX-Evil: a\x00b\r\nContent-Length: 2\r\n\r\nok",
     "/bad/ctl-in-header": b"HTTP/1.1 200 OK\r\nX-Evil: a\x01b\r\nContent-Length: 2\r\n\r\nok",
     "/bad/bare-cr-in-header": b"HTTP/1.1 200 OK\r\nX-Evil: a\rb\r\nContent-Length: 2\r\n\r\nok",
-    "/bad/bad-chunk-size": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
 }
+BAD_CHUNK = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
 CUT = {
     "/cut/reset-content-length": (b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100, "reset"),
     "/cut/reset-chunked": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", "reset"),
@@ -37,7 +37,9 @@ def script(target: str) -> RawAnswer:
     if target == "/silent":
         return RawAnswer(b"", then="hang")
     if target in BROKEN:
-        return RawAnswer(BROKEN[target], then="keep")  # kept open: a proxy that reused it would be fooled
+        return RawAnswer(BROKEN[target], then="keep")
+    if target == "/bad/chunk-size":
+        return RawAnswer(BAD_CHUNK, then="keep")  # kept open: a proxy that reused it would be fooled
     if target in CUT:
         data, then = CUT[target]
         return RawAnswer(data, then=then, delay=0.2)  # input shape: headers out first, then the cut
@@ -93,6 +95,23 @@ def test_broken_response_framing_is_502_and_the_connection_is_discarded(
     assert raw_upstream.connection_of(after) != bad
     line = proxy.wait_for_request_line(target)
     assert (line["status"], line["error"], line["level"]) == (502, "upstream_protocol_error", "warning")
+
+
+def test_a_bad_chunk_in_the_upstream_body_is_502_or_an_aborted_response(
+    proxy: ProxyProcess, raw_upstream: RawUpstream
+) -> None:
+    """Head and bad chunk arrive together: while nothing went to the client yet it can still get a 502;
+    once the head went out the response is aborted. A close with no answer at all helps no one."""
+    with Connection(proxy.port) as conn:
+        conn.send(build_request("GET", "/bad/chunk-size"))
+        response = conn.read_response()
+    assert response.status is not None, f"closed without any answer ({response.ending})"
+    if response.status == 502:
+        assert response.json()["error"] == "upstream_protocol_error"
+    else:
+        assert response.status == 200 and not response.complete, (response.status, response.ending)
+    assert raw_upstream.connections[raw_upstream.connection_of("/bad/chunk-size")].targets[-1] == "/bad/chunk-size"
+    assert exchange(proxy.port, build_request("GET", "/after-bad-chunk")).status == 200
 
 
 @pytest.mark.parametrize("target", list(CUT))

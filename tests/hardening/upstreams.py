@@ -118,7 +118,16 @@ class RecordingUpstream(Notifier):
         app.router.add_get("/ws{tail:.*}", self._ws)
         app.router.add_route("*", "/status/{code:\\d+}", self._status)
         app.router.add_route("*", "/{tail:.*}", self._echo)
-        self.runner = web.AppRunner(app, handler_cancellation=True, auto_decompress=False, access_log=None)
+        # Header limits above the proxy's own (64 KiB), so the proxy's limits are the ones under test.
+        self.runner = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            auto_decompress=False,
+            access_log=None,
+            max_line_size=1 << 17,
+            max_field_size=1 << 17,
+            max_headers=1000,
+        )
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
