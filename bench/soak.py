@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -177,6 +178,11 @@ class Load:
             conn.close()
 
 
+def commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return result.stdout.strip() or "unknown"
+
+
 def quartiles(values: list[int]) -> tuple[float, float]:
     quarter = max(1, len(values) // 4)
     return statistics.mean(values[:quarter]), statistics.mean(values[-quarter:])
@@ -234,7 +240,8 @@ def main() -> int:
         [
             "# Soak results",
             "",
-            f"`bench/soak.py --duration {args.duration:.0f}`: one proxy process (log level warning, tracing off),",
+            f"`bench/soak.py --duration {args.duration:.0f}` at commit {commit()}: one proxy process"
+            " (log level warning, tracing off),",
             f"{len(samples)} samples every {args.interval:.0f} s; mean of the first vs the last quartile of samples.",
             "",
             "| | first quartile | last quartile | change |",
