@@ -110,3 +110,14 @@ def test_a_gzip_bomb_is_forwarded_untouched_and_memory_stays_bounded(
     assert seen.all("x-rum-session-id") == []
     grown = proxy.peak_rss_bytes() - before
     assert grown < 50 * 1024 * 1024, f"proxy peak RSS grew by {grown / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+def test_an_empty_length_framed_body_keeps_its_content_length(
+    proxy: ProxyProcess, upstream: RecordingUpstream, method: str
+) -> None:
+    """`Content-Length: 0` on a POST is framing the upstream may require (nginx answers 411 without it)."""
+    response = exchange(proxy.port, build_request(method, "/empty-body", [("Content-Type", "application/json")], b""))
+    assert response.status == 200
+    (seen,) = upstream.requests
+    assert (seen.all("content-length"), seen.body_length) == (["0"], 0), seen.headers
