@@ -91,6 +91,6 @@ def test_generated_requests_are_forwarded_as_framed_or_refused(
     (request,) = seen
     assert (request.method, request.target) == (method, target)
     assert (request.body_length, request.body_sha256) == (len(body), hashlib.sha256(body).hexdigest())
-    if framing == "length":
+    if framing == "length" and body:  # (an empty one: test_bodies.py says which methods keep `Content-Length: 0`)
         assert request.all("content-length") == [str(len(body))]
     assert proxy.alive
