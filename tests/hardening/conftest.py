@@ -24,6 +24,8 @@ OTHER_ID = "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d"
 
 # Property and fuzz tests run this many examples; `make fuzz` raises it (the default suite stays fast).
 FUZZ_EXAMPLES = int(os.environ.get("RUM_HARDENING_FUZZ_EXAMPLES", "50"))
+# The default suite draws the same examples every run (stable CI); `make fuzz` draws new ones each time.
+FUZZ_DERANDOMIZE = "RUM_HARDENING_FUZZ_EXAMPLES" not in os.environ
 
 
 ProxyFactory = Callable[..., ProxyProcess]

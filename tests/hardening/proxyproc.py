@@ -21,6 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.processes import REPO, free_port
 
+# The checkout whose `proxy` package is started (default: this one); point it elsewhere to run the battery against
+# another core, e.g. RUM_HARDENING_PROXY_ROOT=/tmp/old-core (its dependencies must be installed in this venv).
+PROXY_ROOT = Path(os.environ.get("RUM_HARDENING_PROXY_ROOT", str(REPO)))
 READY_TIMEOUT = 20.0
 GUARD = 10.0
 
@@ -53,7 +56,7 @@ class ProxyProcess:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "proxy"],
                 env=full_env,
-                cwd=str(REPO),
+                cwd=str(PROXY_ROOT),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.hardening.conftest import FUZZ_EXAMPLES, ProxyProcess, start_proxy
+from tests.hardening.conftest import FUZZ_DERANDOMIZE, FUZZ_EXAMPLES, ProxyProcess, start_proxy
 from tests.hardening.rawhttp import Connection, chunk_encode
 from tests.hardening.upstreams import RecordingUpstream
 
@@ -54,6 +54,7 @@ def proxy(module_upstream: RecordingUpstream) -> Iterator[ProxyProcess]:
 
 @settings(
     max_examples=FUZZ_EXAMPLES,
+    derandomize=FUZZ_DERANDOMIZE,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -28,10 +28,15 @@ from proxy.headers import (
     upstream_request_head,
 )
 from proxy.session import RequestParts, SessionExtractor, json_field, validate_session_id
-from tests.hardening.conftest import FUZZ_EXAMPLES
+from tests.hardening.conftest import FUZZ_DERANDOMIZE, FUZZ_EXAMPLES
 
 SESSION_HEADER = "x-rum-session-id"
-fuzz = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+fuzz = settings(
+    max_examples=FUZZ_EXAMPLES,
+    derandomize=FUZZ_DERANDOMIZE,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 TCHAR = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 tokens = st.text(TCHAR, min_size=1, max_size=12)
