@@ -103,7 +103,7 @@ def main() -> int:
             p90 = values[int(len(values) * 0.9) - 1]
             print(f"| {label} | {statistics.median(values):.2f} | {p90:.2f} | {values[-1]:.2f} |")
     finally:
-        proxy.terminate()
+        proxy.stop()
         loop.stop()
     return 0
 

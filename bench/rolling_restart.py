@@ -58,7 +58,7 @@ def one_round(upstream: RecordingUpstream, clients: int) -> Counter[str]:
             worker.join(10)
         for process in (old, new):
             if process is not None:
-                process.terminate()
+                process.stop()
     outcomes = Counter(traffic.outcomes)
     reached = {seen.target for seen in upstream.requests if seen.target.startswith("/rolling/")}
     outcomes["reached-upstream-but-unanswered"] = len(reached - traffic.answered)

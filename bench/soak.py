@@ -231,7 +231,7 @@ def main() -> int:
     try:
         samples, outcomes = soak(proxy, args.duration, args.interval)
     finally:
-        exit_code = proxy.terminate()
+        exit_code = proxy.stop()
         loop.stop()
     rss_first, rss_last = quartiles([rss for _, rss, _ in samples])
     fd_first, fd_last = quartiles([fds for _, _, fds in samples])

@@ -7,7 +7,6 @@ lines on stdout and its admin server, so it guards whichever forwarding core ser
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -44,10 +43,7 @@ def running_proxy() -> Iterator[ProxyFactory]:
 
     yield factory
     for process in started:
-        try:
-            process.terminate(timeout=GUARD)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        process.stop()
 
 
 @pytest.fixture(scope="session")

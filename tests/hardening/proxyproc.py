@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,8 +51,8 @@ class ProxyProcess:
             "RUM_PROXY_LOG_FORMAT": "json",
             **env,
         }
-        directory = Path(tempfile.mkdtemp(prefix="rum-proxy-hardening-"))
-        self.stdout_path, self.stderr_path = directory / "stdout", directory / "stderr"
+        self.directory = Path(tempfile.mkdtemp(prefix="rum-proxy-hardening-"))
+        self.stdout_path, self.stderr_path = self.directory / "stdout", self.directory / "stderr"
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "proxy"],
@@ -80,6 +81,16 @@ class ProxyProcess:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
         return self.popen.wait(timeout=timeout)
+
+    def stop(self) -> int:
+        """SIGTERM (SIGKILL if it hangs), then remove its output files; the exit code."""
+        try:
+            code = self.terminate(timeout=GUARD)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = self.popen.returncode
+        shutil.rmtree(self.directory, ignore_errors=True)
+        return code
 
     def kill(self) -> None:
         if self.popen.poll() is None:

@@ -56,7 +56,7 @@ CASES = [
 def proxy(module_upstream: RecordingUpstream) -> Iterator[ProxyProcess]:
     process = start_proxy(module_upstream.url, MAX_INSPECT_BYTES=INSPECT_LIMIT)
     yield process
-    process.terminate()
+    process.stop()
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])

@@ -82,7 +82,7 @@ LOGGED = {"cl-and-te", "te-gzip-chunked", "obs-fold", "nul", "more-than-max-head
 def proxy(module_upstream: RecordingUpstream) -> Iterator[ProxyProcess]:
     process = start_proxy(module_upstream.url)
     yield process
-    process.terminate()
+    process.stop()
 
 
 @pytest.mark.parametrize(("raw", "status", "error"), [pytest.param(*case[1:], id=case[0]) for case in CASES])

@@ -49,7 +49,7 @@ framings = st.sampled_from(["none", "length", "chunked"])
 def proxy(module_upstream: RecordingUpstream) -> Iterator[ProxyProcess]:
     process = start_proxy(module_upstream.url, MAX_INSPECT_BYTES=4096)
     yield process
-    process.terminate()
+    process.stop()
 
 
 @settings(

@@ -39,7 +39,7 @@ def proxy(module_upstream: RecordingUpstream, test_agent: TestAgent) -> Iterator
         module_upstream.url, extra_env={"DD_TRACE_ENABLED": "true", "DD_TRACE_AGENT_URL": test_agent.url}
     )
     yield process
-    process.terminate()
+    process.stop()
 
 
 def rum_cookie(session_id: str) -> str:

@@ -24,7 +24,7 @@ def proxy(module_upstream: RecordingUpstream) -> Iterator[ProxyProcess]:
         KEEPALIVE_TIMEOUT_SECONDS=0.5,
     )
     yield process
-    process.terminate()
+    process.stop()
 
 
 def trickle(conn: Connection, data: bytes, *, until: float) -> bool:

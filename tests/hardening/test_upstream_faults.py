@@ -57,7 +57,7 @@ def raw_upstream(upstream_loop: LoopThread) -> Iterator[RawUpstream]:
 def proxy(raw_upstream: RawUpstream) -> Iterator[ProxyProcess]:
     process = start_proxy(raw_upstream.url, IDLE_TIMEOUT_SECONDS=0.5)
     yield process
-    process.terminate()
+    process.stop()
 
 
 def test_refused_upstream_is_502_in_plain_words(running_proxy: ProxyFactory) -> None:
