@@ -12,7 +12,7 @@ NODE_STAMP := $(WEB)/node_modules/.package-lock.json
 # Debian packages: apt-get as root, else sudo.
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: test lint typecheck unit browser-deps demo screenshot bench clean
+.PHONY: test lint typecheck unit browser-deps demo screenshot bench soak fuzz clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required" >&2; exit 1; }
@@ -56,6 +56,15 @@ bench: $(STAMP)
 	command -v nginx >/dev/null && command -v wrk >/dev/null || { $(APT) update -qq && $(APT) install -y -qq nginx-light wrk; }
 	$(PY) bench/run.py --write
 	$(PY) bench/hook_overhead.py --write
+
+# Minutes of mixed traffic through one proxy; RSS and open FDs sampled (writes bench/RESULTS-soak.md).
+soak: $(STAMP)
+	$(PY) bench/soak.py --duration 180 --write
+
+# The hardening battery's property and raw-request fuzz tests with many more examples than the default suite.
+fuzz: $(STAMP)
+	RUM_HARDENING_FUZZ_EXAMPLES=3000 $(PY) -m pytest -q tests/hardening/test_parser_properties.py \
+		tests/hardening/test_fuzz_requests.py
 
 clean:
 	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache .pytest_cache .hypothesis $(WEB)/node_modules
