@@ -75,6 +75,7 @@ class Exchange:
         self._pending: list[bytes] | None = None  # written before the upstream connection exists
         self._pending_size = 0
         self._replay: list[bytes] | None = []  # the whole request while small enough to resend on a stale pool hit
+        self._replay_size = 0
         self._body_deadline = 0.0
         self._last_body = 0.0
         # response side
@@ -250,7 +251,8 @@ class Exchange:
     def _write_upstream(self, data: bytes) -> None:
         if self._replay is not None:
             self._replay.append(data)
-            if sum(len(part) for part in self._replay) > 65_536:
+            self._replay_size += len(data)
+            if self._replay_size > 65_536:
                 self._replay = None  # too large to hold for a resend
         if self._pending is not None:
             self._pending.append(data)

@@ -123,18 +123,30 @@ class ForwardRules:
     replaces_trace_headers: bool  # trace headers are rewritten by the proxy (else passed through untouched)
 
     def dropped_names(self, head: RequestHead) -> frozenset[bytes]:
-        names = set(HOP_BY_HOP | FRAMING | REQUEST_ONLY_DROPPED)
+        names = self._always_dropped()
+        connection = head.index.get(b"connection")
+        if not connection:
+            return names
         # Every field the client named in Connection is hop-by-hop (RFC 9110 §7.6.1) — but Host, which the
         # upstream needs and no hop can own.
-        names.update(token for token in head.connection_tokens if token != b"host")
-        names.update((b"x-forwarded-for", self.session_header))
-        if self.replaces_trace_headers:
-            names.update(TRACE_HEADERS)
-        if self.propagate_baggage:
-            names.add(b"baggage")
-        if not self.preserve_host:
-            names.add(b"host")
-        return frozenset(names)
+        return names | {token for token in _tokens(connection) if token != b"host"}
+
+    def _always_dropped(self) -> frozenset[bytes]:
+        cached: frozenset[bytes] | None = _DROPPED.get(self)
+        if cached is None:
+            names = set(HOP_BY_HOP | FRAMING | REQUEST_ONLY_DROPPED)
+            names.update((b"x-forwarded-for", self.session_header))
+            if self.replaces_trace_headers:
+                names.update(TRACE_HEADERS)
+            if self.propagate_baggage:
+                names.add(b"baggage")
+            if not self.preserve_host:
+                names.add(b"host")
+            cached = _DROPPED[self] = frozenset(names)
+        return cached
+
+
+_DROPPED: dict[ForwardRules, frozenset[bytes]] = {}
 
 
 def upstream_request_head(
@@ -206,6 +218,8 @@ def rewrite_baggage(values: Sequence[bytes], session_id: str | None) -> bytes | 
     """
     if session_id is None and not any(b"session.id" in value for value in values):
         return b",".join(values) if values else None
+    if not values and session_id is not None:  # a validated UUID needs no percent-encoding
+        return b"session.id=" + session_id.encode("ascii")
     try:
         decoded = [value.decode("ascii") for value in values]
     except UnicodeDecodeError:
