@@ -168,7 +168,7 @@ def parsed_answer(body: bytes) -> object | None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.just(SESSION_ID),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8) | st.just(SESSION_ID),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(["a", "session_id"]), children),
     max_leaves=8,
 )
