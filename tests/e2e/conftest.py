@@ -60,6 +60,8 @@ def run_agent(
         **datadog_env(test_agent, f"e2e-{framework}"),
         "OPENAI_BASE_URL": llm_url,
         "OPENAI_API_KEY": "sk-test-not-a-secret",
+        "ANTHROPIC_BASE_URL": llm_url.removesuffix("/v1"),  # the SDK appends /v1/messages itself
+        "ANTHROPIC_API_KEY": "sk-ant-test-not-a-secret",
         "PORT": str(port),
         "PYTHONPATH": str(HOOK_DIR) if hook else "",
         **(env or {}),
