@@ -16,7 +16,7 @@ NODE_AGENT_STAMP := $(NODE_AGENT)/node_modules/.package-lock.json
 # Debian packages: apt-get as root, else sudo.
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: test lint typecheck unit browser-deps node-agent-deps demo bench clean
+.PHONY: test lint typecheck unit browser-deps node-agent-deps otel-agent-deps demo bench clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required" >&2; exit 1; }
@@ -36,6 +36,13 @@ $(NODE_AGENT_STAMP): $(NODE_AGENT)/package.json $(NODE_AGENT)/package-lock.json
 
 node-agent-deps: $(NODE_AGENT_STAMP)
 
+# The OpenTelemetry example agent's own venv (.venv-otel: OTel SDK, OpenInference, rum-otel-session, no ddtrace).
+OTEL_VENV_STAMP := .venv-otel/.installed
+$(OTEL_VENV_STAMP): $(STAMP) examples/agents/otel_fastapi/requirements.txt hook/otel/pyproject.toml
+	$(PY) -m tests.support.otel_venv
+
+otel-agent-deps: $(OTEL_VENV_STAMP)
+
 # Real Chromium from Debian for the browser tests (a test tool's own browser download cannot work offline).
 browser-deps: $(NODE_STAMP)
 	test -x /usr/bin/chromium || { $(APT) update -qq && $(APT) install -y -qq chromium; }
@@ -47,7 +54,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-test: lint typecheck browser-deps node-agent-deps
+test: lint typecheck browser-deps node-agent-deps otel-agent-deps
 	$(PY) -m pytest
 
 unit: $(STAMP)

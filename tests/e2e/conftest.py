@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.otel_venv import ensure_otel_venv
+from tests.support.otlp import OtlpReceiver
 from tests.support.processes import REPO, VENV_PYTHON, free_port, running
 from tests.support.testagent import TestAgent
 
@@ -129,4 +131,29 @@ def run_node_agent(test_agent: TestAgent, llm_url: str, *, env: Mapping[str, str
     argv = [str(node), "--require", "dd-trace/init", "app.js"]
     base = f"http://127.0.0.1:{port}"
     with running("agent-node-express", argv, env=full_env, cwd=NODE_AGENT, ready_url=base + "/healthz", timeout=60):
+        yield base
+
+
+@contextlib.contextmanager
+def run_otel_agent(receiver: OtlpReceiver, llm_url: str, *, twin: bool = True) -> Iterator[str]:
+    """Run examples/agents/otel_fastapi/app.py under ``opentelemetry-instrument`` (OTLP/HTTP to ``receiver``)."""
+    bin_dir = ensure_otel_venv()
+    port = free_port()
+    env = {
+        "OTEL_SERVICE_NAME": "e2e-otel-fastapi",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",  # ms: export quickly so the bounded polls finish early
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "" if twin else "rum_session",
+        "OPENAI_BASE_URL": llm_url,
+        "OPENAI_API_KEY": "sk-test-not-a-secret",
+        "PORT": str(port),
+        "PYTHONPATH": "",
+    }
+    argv = [str(bin_dir / "opentelemetry-instrument"), str(bin_dir / "python"), str(AGENTS / "otel_fastapi" / "app.py")]
+    base = f"http://127.0.0.1:{port}"
+    with running("agent-otel-fastapi", argv, env=env, ready_url=base + "/healthz", timeout=60):
         yield base
