@@ -107,9 +107,32 @@ def ensure_node_agent() -> Path:
     return NODE
 
 
+def ensure_node_agent_with_dd_trace(version: str) -> Path:
+    """A copy of the express agent whose dd-trace is ``version`` (other packages as in the lockfile's majors).
+
+    Kept in .node-dd-trace/<version>/ (git-ignored) and reused; installed from the npm registry.
+    """
+    directory = REPO / ".node-dd-trace" / version
+    packages = [f"dd-trace@{version}", "express@5", "openai@7", "ai@7", "@ai-sdk/openai@4"]
+    stamp = directory / "node_modules" / ".rum-e2e-packages"
+    if not (stamp.exists() and stamp.read_text() == " ".join(packages)):
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "package.json").write_text('{"private": true, "type": "commonjs"}\n')
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("npm is needed for the Node.js agent (apt-get install -y npm), or run `make test`")
+        argv = [npm, "install", "--no-audit", "--no-fund", "--no-save", "--loglevel=error", *packages]
+        subprocess.run(argv, cwd=directory, check=True)
+        stamp.write_text(" ".join(packages))
+    shutil.copyfile(NODE_AGENT / "app.js", directory / "app.js")
+    return directory
+
+
 @contextlib.contextmanager
-def run_node_agent(test_agent: TestAgent, llm_url: str, *, env: Mapping[str, str] | None = None) -> Iterator[str]:
-    """Run examples/agents/node-express/app.js under ``node --require dd-trace/init``; yield its base URL."""
+def run_node_agent(
+    test_agent: TestAgent, llm_url: str, *, app_dir: Path = NODE_AGENT, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """Run <app_dir>/app.js (the express agent) under ``node --require dd-trace/init``; yield its base URL."""
     node = ensure_node_agent()
     port = free_port()
     full_env = {
@@ -130,7 +153,7 @@ def run_node_agent(test_agent: TestAgent, llm_url: str, *, env: Mapping[str, str
     }
     argv = [str(node), "--require", "dd-trace/init", "app.js"]
     base = f"http://127.0.0.1:{port}"
-    with running("agent-node-express", argv, env=full_env, cwd=NODE_AGENT, ready_url=base + "/healthz", timeout=60):
+    with running("agent-node-express", argv, env=full_env, cwd=app_dir, ready_url=base + "/healthz", timeout=60):
         yield base
 
 
