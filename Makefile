@@ -36,12 +36,14 @@ $(NODE_AGENT_STAMP): $(NODE_AGENT)/package.json $(NODE_AGENT)/package-lock.json
 
 node-agent-deps: $(NODE_AGENT_STAMP)
 
-# The OpenTelemetry example agent's own venv (.venv-otel: OTel SDK, OpenInference, rum-otel-session, no ddtrace).
-OTEL_VENV_STAMP := .venv-otel/.installed
-$(OTEL_VENV_STAMP): $(STAMP) examples/agents/otel_fastapi/requirements.txt hook/otel/pyproject.toml
+# The OpenTelemetry example agent's venvs (.venv-otel-openinference, .venv-otel-genai: the OTel SDK, one LLM
+# instrumentation each, rum-otel-session; no ddtrace).
+OTEL_AGENT := examples/agents/otel_fastapi
+OTEL_VENV_STAMPS := .venv-otel-openinference/.installed .venv-otel-genai/.installed
+$(OTEL_VENV_STAMPS) &: $(STAMP) $(wildcard $(OTEL_AGENT)/requirements*.txt) hook/otel/pyproject.toml
 	$(PY) -m tests.support.otel_venv
 
-otel-agent-deps: $(OTEL_VENV_STAMP)
+otel-agent-deps: $(OTEL_VENV_STAMPS)
 
 # Real Chromium from Debian for the browser tests (a test tool's own browser download cannot work offline).
 browser-deps: $(NODE_STAMP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import time
 from typing import Any
@@ -25,6 +26,11 @@ def answer_for(messages: list[dict[str, Any]]) -> str:
     return f"You said: {last}" if isinstance(last, str) else "You said something."
 
 
+def completion_id(answer: str) -> str:
+    """Deterministic too, so a test finds the spans of its own request by the response id they record."""
+    return "chatcmpl-" + hashlib.sha256(answer.encode()).hexdigest()[:24]
+
+
 def _usage(prompt: str, answer: str) -> dict[str, int]:
     p, c = len(prompt.split()), len(answer.split())
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
@@ -35,7 +41,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     messages = body.get("messages") or []
     answer = answer_for(messages)
     prompt = " ".join(str(m.get("content", "")) for m in messages)
-    base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body.get("model", MODEL)}
+    base = {"id": completion_id(answer), "created": int(time.time()), "model": body.get("model", MODEL)}
     if not body.get("stream"):
         return web.json_response(
             {

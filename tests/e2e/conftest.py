@@ -158,12 +158,14 @@ def run_node_agent(
 
 
 @contextlib.contextmanager
-def run_otel_agent(receiver: OtlpReceiver, llm_url: str, *, twin: bool = True) -> Iterator[str]:
+def run_otel_agent(
+    receiver: OtlpReceiver, llm_url: str, *, instrumentation: str = "openinference", twin: bool = True
+) -> Iterator[str]:
     """Run examples/agents/otel_fastapi/app.py under ``opentelemetry-instrument`` (OTLP/HTTP to ``receiver``)."""
-    bin_dir = ensure_otel_venv()
+    bin_dir = ensure_otel_venv(instrumentation)
     port = free_port()
     env = {
-        "OTEL_SERVICE_NAME": "e2e-otel-fastapi",
+        "OTEL_SERVICE_NAME": f"e2e-otel-{instrumentation}",
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_METRICS_EXPORTER": "none",
         "OTEL_LOGS_EXPORTER": "none",

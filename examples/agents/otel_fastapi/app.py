@@ -1,7 +1,7 @@
 """Example agent: FastAPI calling an OpenAI-compatible API, traced by OpenTelemetry alone (no ddtrace).
 
-No OpenTelemetry code and no session code: run it under ``opentelemetry-instrument`` (the FastAPI and
-OpenInference openai instrumentations, OTLP/HTTP export) with ``rum-otel-session`` installed, and the
+No OpenTelemetry code and no session code: run it under ``opentelemetry-instrument`` (the FastAPI instrumentation and
+OpenInference's or the GenAI openai instrumentation, OTLP/HTTP export) with ``rum-otel-session`` installed, and the
 session the proxy forwards in baggage lands on every span. See README.md.
 """
 
