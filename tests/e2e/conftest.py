@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.otel_venv import ensure_otel_venv
 from tests.support.otlp import OtlpReceiver
-from tests.support.processes import REPO, VENV_PYTHON, free_port, running
+from tests.support.processes import REPO, VENV_PYTHON, Process, free_port, running
 from tests.support.testagent import TestAgent
 
 AGENTS = REPO / "examples" / "agents"
@@ -75,8 +75,15 @@ def run_agent(
 
 
 @contextlib.contextmanager
-def run_proxy(upstream: str, *, tracing: bool, test_agent: TestAgent | None = None) -> Iterator[str]:
-    """Run the real proxy (python -m proxy) in front of ``upstream``; yield its base URL."""
+def run_proxy_process(
+    upstream: str, *, tracing: bool, test_agent: TestAgent | None = None
+) -> Iterator[tuple[str, Process]]:
+    """Run the real proxy (python -m proxy) in front of ``upstream``; yield its base URL and its process.
+
+    ``tracing`` is the proxy's trace propagation (``RUM_PROXY_PROPAGATE_TRACE``, on by default: the session as
+    ``_dd.p.llmobs_sid`` in the forwarded trace context) and ddtrace (``DD_TRACE_ENABLED``); off, only the
+    session header and baggage reach the agent.
+    """
     port, admin = free_port(), free_port()
     env = {
         "RUM_PROXY_UPSTREAM_URL": upstream,
@@ -84,6 +91,8 @@ def run_proxy(upstream: str, *, tracing: bool, test_agent: TestAgent | None = No
         "RUM_PROXY_ADMIN_PORT": str(admin),
         "RUM_PROXY_HOST": "127.0.0.1",
         "RUM_PROXY_ADMIN_HOST": "127.0.0.1",
+        "RUM_PROXY_PROPAGATE_TRACE": "true" if tracing else "false",
+        "RUM_PROXY_LOG_FORMAT": "json",
         "DD_TRACE_ENABLED": "true" if tracing else "false",
         "DD_SERVICE": "rum-llmobs-proxy",
         "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false",
@@ -93,8 +102,15 @@ def run_proxy(upstream: str, *, tracing: bool, test_agent: TestAgent | None = No
     if test_agent is not None:
         env["DD_TRACE_AGENT_URL"] = test_agent.url
     argv = [str(VENV_PYTHON), "-m", "proxy"]
-    with running("proxy", argv, env=env, ready_url=f"http://127.0.0.1:{admin}/readyz", timeout=30):
-        yield f"http://127.0.0.1:{port}"
+    with running("proxy", argv, env=env, ready_url=f"http://127.0.0.1:{admin}/readyz", timeout=30) as process:
+        yield f"http://127.0.0.1:{port}", process
+
+
+@contextlib.contextmanager
+def run_proxy(upstream: str, *, tracing: bool, test_agent: TestAgent | None = None) -> Iterator[str]:
+    """Run the real proxy (python -m proxy) in front of ``upstream``; yield its base URL (see run_proxy_process)."""
+    with run_proxy_process(upstream, tracing=tracing, test_agent=test_agent) as (url, _):
+        yield url
 
 
 def ensure_node_agent() -> Path:
