@@ -72,4 +72,4 @@ bench: $(STAMP)
 	$(PY) bench/hook_overhead.py --write
 
 clean:
-	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache .pytest_cache .hypothesis $(WEB)/node_modules $(NODE_AGENT)/node_modules
+	rm -rf $(VENV) .venv-* .node-dd-trace .mypy_cache .ruff_cache .pytest_cache .hypothesis $(WEB)/node_modules $(NODE_AGENT)/node_modules
