@@ -62,6 +62,7 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         self._ignored_upgrade = False
         self._synthetic = False
+        self._early = b""  # WebSocket bytes the client sent before the upstream's 101
         self._timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
         self._head_started = 0.0
@@ -262,7 +263,7 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is None or upstream.transport is None:
             return
         self.tunnel = Tunnel(self.proxy, exchange, self, upstream)
-        early = getattr(self, "_early", b"")
+        early, self._early = self._early, b""
         if rest:
             self.tunnel.from_upstream(rest)
         if early:

@@ -163,15 +163,20 @@ async def test_grace_period_ends_stuck_requests(upstream: Upstream) -> None:
         assert process.popen.wait(timeout=HANG_GUARD) == 0
 
 
-async def test_log_line_carries_the_forwarded_trace_id(upstream: Upstream) -> None:
-    """By default the proxy starts no span: its request line names the trace it forwarded, so logs link to it."""
-    with proxy_process(upstream) as (process, port, _):
+async def request_line_and_forwarded_headers(upstream: Upstream, **env: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """One request with a session through a proxy process: its `request` log line, and what the upstream got."""
+    with proxy_process(upstream, **env) as (process, port, _):
         async with ClientSession() as client:
             async with client.get(f"http://127.0.0.1:{port}/chat", params={"session_id": SESSION_ID}) as response:
                 assert response.status == 200
         lines = stop_and_read_json_logs(process)
     line = next(line for line in lines if line.get("event") == "request")
-    forwarded = {name.lower(): value for name, value in upstream.last["headers"]}
+    return line, {name.lower(): value for name, value in upstream.last["headers"]}
+
+
+async def test_log_line_carries_the_forwarded_trace_id(upstream: Upstream) -> None:
+    """By default the proxy starts no span: its request line names the trace it forwarded, so logs link to it."""
+    line, forwarded = await request_line_and_forwarded_headers(upstream)
     # 128-bit trace ids are logged in hex, as ddtrace does; x-datadog-trace-id carries the low 64 bits in decimal.
     assert int(line["dd.trace_id"], 16) & (2**64 - 1) == int(forwarded["x-datadog-trace-id"])
     assert forwarded["x-datadog-parent-id"] == "0"  # no proxy span: the agent's first span is the root
@@ -181,13 +186,7 @@ async def test_log_line_carries_the_forwarded_trace_id(upstream: Upstream) -> No
 async def test_log_line_carries_the_proxy_span_ids_with_the_apm_span(upstream: Upstream, test_agent: TestAgent) -> None:
     """With RUM_PROXY_APM_SPAN the request line has dd.trace_id/dd.span_id of the proxy span that went upstream."""
     env = {"DD_TRACE_ENABLED": "true", "DD_TRACE_AGENT_URL": test_agent.url, "RUM_PROXY_APM_SPAN": "true"}
-    with proxy_process(upstream, **env) as (process, port, _):
-        async with ClientSession() as client:
-            async with client.get(f"http://127.0.0.1:{port}/chat", params={"session_id": SESSION_ID}) as response:
-                assert response.status == 200
-        lines = stop_and_read_json_logs(process)
-    line = next(line for line in lines if line.get("event") == "request")
-    forwarded = {name.lower(): value for name, value in upstream.last["headers"]}
+    line, forwarded = await request_line_and_forwarded_headers(upstream, **env)
     assert int(line["dd.trace_id"], 16) & (2**64 - 1) == int(forwarded["x-datadog-trace-id"])
     assert int(line["dd.span_id"]) == int(forwarded["x-datadog-parent-id"])
     assert "_dd.p.llmobs_sid=" + SESSION_ID in forwarded["x-datadog-tags"]
