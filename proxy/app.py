@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ logger = structlog.get_logger()
 
 
 DRAIN_LINGER_SECONDS = 1.0
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")  # X-Request-ID as ingresses write it; anything else is not logged
 
 
 class Lifecycle:
@@ -165,6 +167,9 @@ class Proxy:
             "session_source": source,
             "session_id": extraction.session_id,
         }
+        request_id = exchange.head.get(b"x-request-id")
+        if request_id is not None and _REQUEST_ID.fullmatch(request_id):
+            fields["request_id"] = request_id.decode("ascii")  # the ingress's or the client's, to join their logs
         if exchange.span is not None:
             fields.update(self.tracing.log_ids(exchange.span))  # type: ignore[arg-type]
         elif exchange.log_trace_id is not None:

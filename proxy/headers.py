@@ -48,6 +48,7 @@ _INDEXED = frozenset(
         b"x-forwarded-for",
         b"x-forwarded-proto",
         b"x-forwarded-host",
+        b"x-request-id",
     }
     | TRACE_HEADERS
 )

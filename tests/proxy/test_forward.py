@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+import structlog.testing
 from aiohttp import ClientSession, DummyCookieJar
 
 from tests.proxy.conftest import OTHER_ID, SESSION_ID, Upstream, metric
@@ -265,3 +266,36 @@ async def test_expect_100_continue(proxy: Any, upstream: Upstream) -> None:
     assert answer.startswith(b"HTTP/1.1 200")
     assert base64.b64decode(json.loads(answer.partition(b"\r\n\r\n")[2])["body_b64"]) == body
     assert "expect" not in {name.lower() for name, _ in upstream.last["headers"]}
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "reason"),
+    [
+        ({"Content-Type": "text/plain"}, b"hello", "content_type"),
+        ({"Content-Type": "application/json", "Content-Encoding": "x-custom"}, b"{}", "content_encoding"),
+        ({"Content-Type": "application/json", "Content-Encoding": "gzip"}, b"not gzip at all", "undecodable"),
+    ],
+)
+async def test_why_a_body_was_not_inspected_is_logged_at_debug(
+    proxy: Any, upstream: Upstream, headers: dict[str, str], body: bytes, reason: str
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        await proxy.post("/chat", data=body, headers=headers)  # byte identity: tests/hardening/test_bodies.py
+    (line,) = [entry for entry in logs if entry["event"] == "body_not_inspected"]
+    assert (line["log_level"], line["reason"], line["path"]) == ("debug", reason, "/chat")
+
+
+async def test_a_body_over_the_inspection_limit_is_logged_too_large(make_proxy: Any, upstream: Upstream) -> None:
+    client = await make_proxy(max_inspect_bytes=16)
+    with structlog.testing.capture_logs() as logs:
+        await client.post("/chat", json={"session_id": SESSION_ID, "pad": "x" * 64})
+    assert [entry["reason"] for entry in logs if entry["event"] == "body_not_inspected"] == ["too_large"]
+
+
+async def test_the_request_line_carries_a_well_formed_request_id(proxy: Any, upstream: Upstream) -> None:
+    with structlog.testing.capture_logs() as logs:
+        await proxy.get("/a", headers={"X-Request-ID": "req-42.abc"})
+        await proxy.get("/b", headers={"X-Request-ID": "bad id\twith spaces"})
+    lines = {entry["path"]: entry for entry in logs if entry["event"] == "request"}
+    assert lines["/a"]["request_id"] == "req-42.abc"
+    assert "request_id" not in lines["/b"]
