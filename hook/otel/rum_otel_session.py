@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import weakref
 from collections.abc import Collection
 from typing import Any, Final
 
@@ -80,7 +81,7 @@ class RumSessionSpanProcessor(SpanProcessor):
         return True
 
 
-_installed: set[int] = set()
+_installed: weakref.WeakSet[TracerProvider] = weakref.WeakSet()  # not ids: a freed provider's id is reused
 
 
 def install(tracer_provider: TracerProvider | None = None) -> bool:
@@ -90,9 +91,9 @@ def install(tracer_provider: TracerProvider | None = None) -> bool:
         if not isinstance(provider, TracerProvider):
             logger.warning("rum_otel_session: no OpenTelemetry SDK TracerProvider is set; not installed")
             return False
-        if id(provider) not in _installed:
+        if provider not in _installed:
             provider.add_span_processor(RumSessionSpanProcessor())
-            _installed.add(id(provider))
+            _installed.add(provider)
         return True
     except Exception:
         logger.warning("rum_otel_session: could not install; inactive", exc_info=True)
