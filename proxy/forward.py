@@ -48,6 +48,43 @@ class Exchange:
     """One request and its response. The client connection feeds it the request (head, body chunks, end); the
     upstream connection feeds it the response. Every decision is a call into the pure core."""
 
+    __slots__ = (
+        "proxy",
+        "client",
+        "head",
+        "started",
+        "extraction",
+        "status",
+        "error",
+        "log_trace_id",
+        "done",
+        "logged",
+        "counted",
+        "websocket",
+        "upstream",
+        "span",
+        "_chunked_in",
+        "_length_in",
+        "_inspecting",
+        "_kind",
+        "_buffer",
+        "_buffered",
+        "_request_complete",
+        "_request_sent",
+        "_pending",
+        "_pending_size",
+        "_replay",
+        "_replay_size",
+        "_body_deadline",
+        "_last_body",
+        "_response_started",
+        "_framing",
+        "_chunked_out",
+        "_keep_client",
+        "_keep_upstream",
+        "_last_upstream",
+    )
+
     def __init__(self, proxy: Proxy, client: ClientConnection, head: RequestHead) -> None:
         self.proxy = proxy
         self.client = client

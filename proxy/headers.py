@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -91,12 +92,17 @@ class RequestHead:
         return query
 
 
+@functools.cache
+def _wanted(extra: frozenset[bytes]) -> frozenset[bytes]:
+    return _INDEXED | extra
+
+
 def scan_request_head(
     method: bytes, target: bytes, version: bytes, headers: RawHeaders, extra: frozenset[bytes] = frozenset()
 ) -> RequestHead:
     """Index the fields the proxy decides on (and the `extra` lower-case names) in one pass."""
     index: dict[bytes, list[bytes]] = {}
-    wanted = _INDEXED | extra if extra else _INDEXED
+    wanted = _wanted(extra) if extra else _INDEXED
     for name, value in headers:
         lower = name.lower()
         if lower in wanted:
