@@ -468,7 +468,10 @@ TARGETS: dict[str, tuple[str, dict[str, str]]] = {
     "nginx": ("nginx as reverse proxy (keep-alive pool, proxy_buffering off)", {}),
     "aiohttp": ("a straightforward aiohttp proxy (bench/aiohttp_peer.py)", {}),
     "proxy": ("rum-llmobs-proxy, defaults (trace context rewritten, no span of its own)", {}),
-    "proxy-notrace": ("rum-llmobs-proxy, DD_TRACE_ENABLED=false (changes nothing without the APM span: a control)", {"DD_TRACE_ENABLED": "false"}),
+    "proxy-notrace": (
+        "rum-llmobs-proxy, DD_TRACE_ENABLED=false (changes nothing without the APM span: a control)",
+        {"DD_TRACE_ENABLED": "false"},
+    ),
     "proxy-span": ("rum-llmobs-proxy, its own APM span on (RUM_PROXY_APM_SPAN=true)", {"RUM_PROXY_APM_SPAN": "true"}),
     "proxy-2w": ("rum-llmobs-proxy, defaults, RUM_PROXY_WORKERS=2", {"RUM_PROXY_WORKERS": "2"}),
 }

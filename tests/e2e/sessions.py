@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 import urllib.request
 import uuid
@@ -103,3 +104,17 @@ def assert_every_span_has_session(spans: list[dict[str, Any]], session_id: str, 
     assert kinds <= {kind_of(e) for e in spans}, summary
     assert all(session_id_of(e) == session_id for e in spans), summary
     assert all(tags_of(e).get("session_id") == session_id for e in spans), summary
+
+
+def rum_trace_headers(trace_id: int, parent_id: int | None = None) -> dict[str, str]:
+    """What the RUM SDK sends to an ``allowedTracingUrls`` URL: Datadog and W3C trace headers."""
+    if parent_id is None:
+        parent_id = random.getrandbits(63)  # noqa: S311 - an id, not a secret
+    return {
+        "x-datadog-trace-id": str(trace_id),
+        "x-datadog-parent-id": str(parent_id),
+        "x-datadog-origin": "rum",
+        "x-datadog-sampling-priority": "1",
+        "traceparent": f"00-{trace_id:032x}-{parent_id:016x}-01",
+        "tracestate": "dd=s:1;o:rum",
+    }

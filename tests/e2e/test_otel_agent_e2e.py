@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import run_otel_agent, run_proxy
-from tests.e2e.sessions import SOURCES, chat, new_session_id
+from tests.e2e.sessions import SOURCES, chat, new_session_id, rum_trace_headers
 from tests.support.otlp import OtlpReceiver, OtlpSpan, run_otlp_receiver
 from tests.support.processes import REPO
 from tests.support.testagent import TestAgent
@@ -112,14 +112,7 @@ def test_every_span_of_an_otel_agent_carries_the_rum_session(
 
 def test_otel_agent_spans_continue_the_browsers_trace(proxied_otel_agent: str, otlp_receiver: OtlpReceiver) -> None:
     session_id, trace_id, parent_id = new_session_id(), random.getrandbits(63), random.getrandbits(63)  # noqa: S311
-    rum_headers = {
-        "x-datadog-trace-id": str(trace_id),
-        "x-datadog-parent-id": str(parent_id),
-        "x-datadog-origin": "rum",
-        "x-datadog-sampling-priority": "1",
-        "traceparent": f"00-{trace_id:032x}-{parent_id:016x}-01",
-        "tracestate": "dd=s:1;o:rum",
-    }
+    rum_headers = rum_trace_headers(trace_id, parent_id)
     chat(proxied_otel_agent, "/chat", session_id, "cookie", stream=True, extra_headers=rum_headers)
     spans = request_spans(otlp_receiver, session_id)
     assert_every_span_has_session(spans, session_id)

@@ -22,6 +22,7 @@ from tests.e2e.sessions import (
     assert_every_span_has_session,
     chat,
     new_session_id,
+    rum_trace_headers,
     wait_for_session,
 )
 from tests.support.processes import Process
@@ -59,19 +60,6 @@ def logged_trace_id(proxy: Process, session_id: str, timeout: float = 10.0) -> i
         if time.monotonic() > deadline:
             raise AssertionError(f"no request line for {session_id}:\n{proxy.output()}")
         time.sleep(0.05)  # poll interval while the proxy flushes its log lines
-
-
-def rum_trace_headers(trace_id: int) -> dict[str, str]:
-    """What the RUM SDK sends to an ``allowedTracingUrls`` URL: Datadog and W3C trace headers."""
-    parent_id = random.getrandbits(63)  # noqa: S311 - an id, not a secret
-    return {
-        "x-datadog-trace-id": str(trace_id),
-        "x-datadog-parent-id": str(parent_id),
-        "x-datadog-origin": "rum",
-        "x-datadog-sampling-priority": "1",
-        "traceparent": f"00-{trace_id:032x}-{parent_id:016x}-01",
-        "tracestate": "dd=s:1;o:rum",
-    }
 
 
 def agent_apm_spans(test_agent: TestAgent, service: str, llmobs_spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
