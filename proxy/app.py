@@ -114,6 +114,7 @@ class Proxy:
         self.idle_limit = self.keepalive_timeout  # how long an idle client connection stays open
         self.drain_started = 0.0
         self.in_flight = 0
+        self.streams_by_function = self.metrics.track_open_streams(lambda: self.in_flight)
         self.connections: set[ClientConnection] = set()
         self.tunnels: set[Tunnel] = set()
         self._bad_requests = LogLimiter()
@@ -154,7 +155,8 @@ class Proxy:
         """The one place that counts and logs a finished request: one `request` line each."""
         if exchange.counted:
             self.in_flight -= 1
-            self.metrics.open_streams.dec()
+            if not self.streams_by_function:
+                self.metrics.open_streams.dec()
         duration = time.monotonic() - exchange.started
         extraction = exchange.extraction
         source = extraction.source.value if extraction.source is not None else "none"

@@ -129,7 +129,8 @@ class Exchange:
         proxy, head = self.proxy, self.head
         proxy.in_flight += 1
         self.counted = True
-        proxy.metrics.open_streams.inc()
+        if not proxy.streams_by_function:
+            proxy.metrics.open_streams.inc()
         proxy.tracing_start(self)
         codings = head.transfer_codings
         if proxy.in_flight > proxy.max_in_flight:

@@ -235,7 +235,7 @@ def rewrite_baggage(values: Sequence[bytes], session_id: str | None) -> bytes | 
     return rewritten.encode("ascii") if rewritten is not None else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResponseFraming:
     """How a response body is delimited: "none", "length", "chunked" or "eof" (until the upstream closes)."""
 

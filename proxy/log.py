@@ -14,6 +14,7 @@ import atexit
 import logging
 import sys
 import threading
+import time
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
@@ -95,6 +96,20 @@ _writer: LineWriter | None = None
 _fast_json_level: int | None = None  # set when request lines may skip structlog's processor chain
 
 
+_stamp_second = -1
+_stamp_prefix = ""
+
+
+def _timestamp() -> str:
+    """ISO 8601 UTC with microseconds, as structlog's TimeStamper writes it; the date part is made once a second."""
+    global _stamp_second, _stamp_prefix
+    now = time.time()
+    second = int(now)
+    if second != _stamp_second:
+        _stamp_second, _stamp_prefix = second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_stamp_prefix}.{int((now - second) * 1_000_000):06d}Z"
+
+
 def log_request(fields: dict[str, Any], *, warning: bool) -> None:
     """The one `request` line per request. In JSON it is rendered directly, the same line structlog would write
     (fields, event, level, timestamp) at a third of the cost; otherwise through structlog."""
@@ -103,7 +118,7 @@ def log_request(fields: dict[str, Any], *, warning: bool) -> None:
         if level >= _fast_json_level:
             fields["event"] = "request"
             fields["level"] = "warning" if warning else "info"
-            fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            fields["timestamp"] = _timestamp()
             _writer.msg(orjson.dumps(fields, default=str))
         return
     if warning:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
@@ -67,6 +70,14 @@ class Metrics:
             child = self._requests[(status, session_source)] = self.requests.labels(str(status), session_source)
         child.inc()
         self.request_duration.observe(duration)
+
+    def track_open_streams(self, count: Callable[[], float]) -> bool:
+        """Read the open-streams gauge from `count` at scrape time instead of moving it twice per request.
+        Not possible in prometheus-client's multiprocess mode (RUM_PROXY_WORKERS > 1): returns False there."""
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            return False
+        self.open_streams.set_function(count)
+        return True
 
     def count_invalid(self, source: str) -> None:
         self._invalid[source].inc()

@@ -42,7 +42,7 @@ class Query(Protocol):
     def get(self, key: str) -> str | None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestParts:
     """What extraction looks at; `body` is None when the body was not inspected."""
 

@@ -30,7 +30,7 @@ _TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]
 _U64 = (1 << 64) - 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Propagation:
     """The trace headers to forward (lower-case names), and the trace id to log (`dd.trace_id`), if any."""
 
