@@ -67,10 +67,9 @@ class Proxy:
 
     def __init__(self, settings: Settings, *, tracing_enabled: bool = False) -> None:
         self.loop = asyncio.get_running_loop()
-        self.settings = settings
         url = settings.upstream_url
         host = url.host or "127.0.0.1"
-        port = url.port or (443 if url.scheme == "https" else 80)
+        port = url.port or 80  # the settings accept only http:// upstreams
         self.base_path = (url.path or "").rstrip("/").encode()
         self.batch = WriteBatch()
         self.pool = UpstreamPool(
@@ -200,7 +199,8 @@ class Proxy:
     # ---- shutdown
 
     def drain(self) -> None:
-        """Stop taking requests: idle connections close now, busy ones after their response, WebSockets get 1001."""
+        """Stop taking requests: idle connections close after a short linger, busy ones after their response,
+        WebSockets get 1001."""
         self.lifecycle.draining = True
         # An idle connection is not closed at once: a request its client is sending right now (or a new
         # connection's first request) would be lost in flight. It gets DRAIN_LINGER_SECONDS to send one, which is

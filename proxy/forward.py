@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
 
 import structlog
 
@@ -30,7 +31,7 @@ from proxy.headers import (
     response_framing,
     upstream_request_head,
 )
-from proxy.session import NOT_FOUND, Extraction, RequestParts, body_kind, inspectable_body
+from proxy.session import INSPECTABLE_CODINGS, NOT_FOUND, Extraction, RequestParts, body_kind, inspectable_body
 from proxy.upstream import UpstreamConnectError, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ logger = structlog.get_logger()
 CLIENT_CLOSED_REQUEST = 499  # nginx's convention, for logs and metrics only: nothing is sent
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _CHUNK_END = b"0\r\n\r\n"
+HELD_BYTES = 65_536  # most request bytes kept for a resend, or queued before the upstream connection exists
 
 
 class Exchange:
@@ -149,9 +151,6 @@ class Exchange:
         length = head.get(b"content-length")
         self._length_in = int(length) if length is not None and not self._chunked_in else None
         has_body = self._chunked_in or bool(self._length_in)
-        # An empty body announced with Content-Length: 0 (an empty POST) keeps its length: servers answer 411
-        # to a POST with neither a length nor chunked framing.
-        empty_framing = b"content-length: 0" if self._length_in == 0 else None
         if self.websocket:
             self._send_head(self._find_session(None), framing=None)
             return
@@ -167,7 +166,10 @@ class Exchange:
                 self._body_deadline = now + proxy.body_timeout
                 return
             logger.debug("body_not_inspected", reason=reason, path=self.path)
-        self._send_head(self._find_session(None), framing=self._streamed_framing() if has_body else empty_framing)
+        # Whatever framing the client announced goes upstream, `Content-Length: 0` of an empty POST included
+        # (servers answer 411 to a POST with neither a length nor chunked framing).
+        announced = self._chunked_in or self._length_in is not None
+        self._send_head(self._find_session(None), framing=self._streamed_framing() if announced else None)
 
     def _not_inspected_reason(self) -> str | None:
         head = self.head
@@ -178,7 +180,7 @@ class Exchange:
         if self._length_in is not None and self._length_in > self.proxy.max_inspect:
             return "too_large"
         encoding = head.get(b"content-encoding")
-        if encoding is not None and encoding.strip().lower() not in (b"", b"identity", b"gzip", b"x-gzip", b"deflate"):
+        if encoding is not None and encoding.strip().lower() not in INSPECTABLE_CODINGS:
             return "content_encoding"
         return None
 
@@ -290,12 +292,12 @@ class Exchange:
         if self._replay is not None:
             self._replay.append(data)
             self._replay_size += len(data)
-            if self._replay_size > 65_536:
+            if self._replay_size > HELD_BYTES:
                 self._replay = None  # too large to hold for a resend
         if self._pending is not None:
             self._pending.append(data)
             self._pending_size += len(data)
-            if self._pending_size > 65_536:
+            if self._pending_size > HELD_BYTES:
                 self.client.gate.pause("connect")
             return
         if self.upstream is not None:
@@ -327,13 +329,8 @@ class Exchange:
         self.status = status
         self._response_started = True
         self._chunked_out = framing.kind in ("chunked", "eof") and client.http11
-        self._keep_client = (
-            client.keep_alive
-            and keep | (framing.kind != "eof")
-            and not self.proxy.draining
-            and (framing.kind != "eof" or self._chunked_out)
-            and status != 101
-        )
+        # A body that ends when the upstream closes ends the client connection too.
+        self._keep_client = client.keep_alive and framing.kind != "eof" and not self.proxy.draining and status != 101
         out = downstream_response_head(status, reason, headers, framing=framing, chunked_to_client=self._chunked_out)
         if not self._keep_client and status != 101:
             out = out[:-2] + b"connection: close\r\n\r\n"
@@ -408,7 +405,7 @@ class Exchange:
         ):
             # A pooled connection the upstream closed just as we reused it: send the request once more.
             self._pending = list(self._replay)
-            self._pending_size = sum(len(part) for part in self._pending)
+            self._pending_size = self._replay_size
             self.proxy.loop.create_task(self._connect())
             return
         detail = f"upstream {self.proxy.pool.address} closed the connection before answering"
@@ -438,17 +435,18 @@ class Exchange:
         error = {502: "upstream_unavailable", 504: "upstream_timeout"}[status]
         if kind == "protocol":
             error = "upstream_protocol_error"
-        self.proxy.metrics.upstream_errors.labels(kind).inc()
         if self._response_started:
             self._cut(kind, detail)
             return
+        self.proxy.metrics.upstream_errors.labels(kind).inc()
         logger.warning("upstream_error", kind=kind, detail=detail, path=self.path)
         self.fail(status, error, detail)
 
     def _cut(self, kind: str, detail: str) -> None:
+        """The response already started: count the failure (a protocol error or a timeout as such, anything
+        else as `truncated`) and abort the client connection."""
         self.error = f"upstream_body_{'timeout' if kind == 'timeout' else 'truncated'}"
-        if kind not in ("timeout", "protocol"):
-            self.proxy.metrics.upstream_errors.labels("truncated").inc()
+        self.proxy.metrics.upstream_errors.labels(kind if kind in ("timeout", "protocol") else "truncated").inc()
         logger.warning("upstream_body_cut", kind=kind, detail=detail, path=self.path)
         self._drop_upstream()
         self._finish()
@@ -490,7 +488,6 @@ class Exchange:
         if now - self._last_upstream < proxy.idle_timeout:
             return
         if self._response_started:
-            proxy.metrics.upstream_errors.labels("timeout").inc()
             self._cut("timeout", f"upstream silent for {proxy.idle_timeout:g} s in the middle of the response")
         else:
             detail = f"upstream {proxy.pool.address} sent no response within {proxy.idle_timeout:g} s"
@@ -527,8 +524,6 @@ class _Query:
         if not self._raw or key.encode("latin-1") not in self._raw:
             return None
         if self._values is None:
-            from urllib.parse import parse_qsl
-
             self._values = {}
             for name, value in parse_qsl(self._raw.decode("latin-1"), keep_blank_values=True):
                 self._values.setdefault(name, value)

@@ -98,10 +98,8 @@ class ClientConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._upgraded(data[upgrade.args[0] :])
-        except Rejected as rejected:
-            self._reject(rejected)
         except httptools.HttpParserError as exc:
-            cause = exc.__context__
+            cause = exc.__context__  # a Rejected raised in a callback reaches here wrapped by httptools
             if isinstance(cause, Rejected):
                 self._reject(cause)
             else:
@@ -187,7 +185,7 @@ class ClientConnection(asyncio.Protocol):
             self.exchange.receive_body(body)
 
     def on_message_complete(self) -> None:
-        if self._ignored_upgrade and not self._synthetic and self._body_expected():
+        if self._ignored_upgrade and not self._synthetic and self._body_expected(self._current_head()):
             return  # llhttp skipped the body of an upgrade request; it is parsed after the upgrade point
         self._synthetic = False
         if self._queue:
@@ -227,8 +225,14 @@ class ClientConnection(asyncio.Protocol):
             return
         self._idle_since = self.proxy.loop.time()
 
-    def _body_expected(self) -> bool:
-        head = self._queue[-1].head if self._queue else (self.exchange.head if self.exchange else None)
+    def _current_head(self) -> RequestHead | None:
+        """The head of the request being parsed: the last one queued, else the one being answered."""
+        if self._queue:
+            return self._queue[-1].head
+        return self.exchange.head if self.exchange is not None else None
+
+    @staticmethod
+    def _body_expected(head: RequestHead | None) -> bool:
         if head is None:
             return False
         length = head.get(b"content-length")
@@ -238,9 +242,9 @@ class ClientConnection(asyncio.Protocol):
         if self._ignored_upgrade:
             self._ignored_upgrade = False
             self._parser = httptools.HttpRequestParser(self)
-            if self._body_expected():
+            head = self._current_head()
+            if head is not None and self._body_expected(head):
                 # Let a fresh parser read the body llhttp skipped, behind a head only it sees.
-                head = self._queue[-1].head if self._queue else self.exchange.head  # type: ignore[union-attr]
                 framing = (
                     b"transfer-encoding: chunked"
                     if b"transfer-encoding" in head.index

@@ -22,6 +22,7 @@ __all__ = [
     "validate_session_id",
     "body_kind",
     "inspectable_body",
+    "INSPECTABLE_CODINGS",
 ]
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -75,6 +76,10 @@ def body_kind(content_type: str | None) -> str | None:
     return None
 
 
+# The Content-Encodings a body may arrive in and still be read for the ID (bounded decompression).
+INSPECTABLE_CODINGS = frozenset({b"", b"identity", b"gzip", b"x-gzip", b"deflate"})
+
+
 def inspectable_body(body: bytes, content_encoding: bytes | None, limit: int) -> bytes | None:
     """The body as the extractor reads it: decompressed for gzip and deflate, never beyond `limit` bytes.
 
@@ -82,6 +87,8 @@ def inspectable_body(body: bytes, content_encoding: bytes | None, limit: int) ->
     decompressed: a small "zip bomb" never costs more than `limit` bytes of memory).
     """
     coding = content_encoding.strip().lower() if content_encoding else b""
+    if coding not in INSPECTABLE_CODINGS:
+        return None
     if coding in (b"", b"identity"):
         return body
     if coding in (b"gzip", b"x-gzip"):
@@ -89,8 +96,6 @@ def inspectable_body(body: bytes, content_encoding: bytes | None, limit: int) ->
     elif coding == b"deflate":
         # RFC 9110 §8.4.1.2: zlib-wrapped; some clients send raw deflate, which the zlib header check tells apart.
         wbits = zlib.MAX_WBITS if len(body) >= 2 and (body[0] * 256 + body[1]) % 31 == 0 else -zlib.MAX_WBITS
-    else:
-        return None
     decoder = zlib.decompressobj(wbits)
     try:
         plain = decoder.decompress(body, limit + 1)
