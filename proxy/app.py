@@ -71,7 +71,7 @@ class Proxy:
         host = url.host or "127.0.0.1"
         port = url.port or 80  # the settings accept only http:// upstreams
         self.base_path = (url.path or "").rstrip("/").encode()
-        self.batch = WriteBatch()
+        self.batch = WriteBatch(self.loop)
         self.pool = UpstreamPool(
             host.strip("[]"),
             port,

@@ -38,18 +38,27 @@ class Flushable(Protocol):
 
 
 class WriteBatch:
-    """Joins the writes of one read event into one send per connection (a cork): a request head and its body,
-    or a response head, body and end, go out in a single system call."""
+    """Joins writes into one send per connection (a cork): a request head and its body, or a response head,
+    body and end, go out in a single system call. The sends wait until the event loop has run every callback of
+    its current turn, so the events that arrived together leave together: the peer is woken once for the lot
+    instead of once per connection."""
 
-    __slots__ = ("depth", "dirty")
+    __slots__ = ("depth", "dirty", "_loop", "_scheduled")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.depth = 0
         self.dirty: list[Flushable] = []
+        self._loop = loop
+        self._scheduled = False
 
     def end(self) -> None:
         self.depth -= 1
-        if self.depth == 0 and self.dirty:
-            dirty, self.dirty = self.dirty, []
-            for writer in dirty:
-                writer.flush()
+        if self.depth == 0 and self.dirty and not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for writer in dirty:
+            writer.flush()

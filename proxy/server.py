@@ -291,7 +291,7 @@ class ClientConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         """Send `data`; inside a batch (one read event's work) writes are joined into one send."""
-        if self.proxy.batch.depth:
+        if self.proxy.batch.depth or self._out:
             if not self._out:
                 self.proxy.batch.dirty.append(self)
             self._out.append(data)

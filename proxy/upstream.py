@@ -139,7 +139,7 @@ class UpstreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Send `data`; inside a batch (one read event's work) writes are joined into one send."""
         batch = self.pool.batch
-        if batch.depth:
+        if batch.depth or self._out:
             if not self._out:
                 batch.dirty.append(self)
             self._out.append(data)
@@ -151,6 +151,12 @@ class UpstreamConnection(asyncio.Protocol):
         out, self._out = self._out, []
         if out and self.transport is not None and not self.closed:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def close(self) -> None:
+        """Close after what is written has been sent (a tunnel's last frames)."""
+        self.flush()
+        if self.transport is not None and not self.closed:
+            self.transport.close()
 
     def discard(self) -> None:
         """Close now and never reuse: the state of this connection is unknown."""

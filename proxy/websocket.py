@@ -178,7 +178,6 @@ class Tunnel:
         self.closed = True
         self.proxy.tunnels.discard(self)
         self.proxy.metrics.open_websockets.dec()
-        if self.upstream.transport is not None and not self.upstream.closed:
-            self.upstream.transport.close()
+        self.upstream.close()
         self.exchange.tunnel_finished()
         self.client.tunnel_closed()
