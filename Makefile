@@ -16,14 +16,30 @@ NODE_AGENT_STAMP := $(NODE_AGENT)/node_modules/.package-lock.json
 # Debian packages: apt-get as root, else sudo.
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: test lint typecheck unit browser-deps node-agent-deps otel-agent-deps demo screenshot bench soak fuzz clean
+.PHONY: test lint typecheck unit compile clean-compiled browser-deps node-agent-deps otel-agent-deps demo screenshot bench soak fuzz clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip "setuptools>=77"
+	RUM_LLMOBS_PROXY_PURE_PYTHON=1 $(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	@touch $(STAMP)
+
+# The request path compiled in place by mypyc (setup.py; the list is in pyproject.toml), rebuilt whenever a
+# module changed: what the tests, the demo and the bench run is what the image ships. gcc and the Python headers
+# are needed; `make clean-compiled` goes back to plain Python.
+COMPILED := $(VENV)/.compiled
+$(COMPILED): $(STAMP) setup.py $(wildcard proxy/*.py)
+	command -v gcc >/dev/null || { $(APT) update -qq && $(APT) install -y -qq gcc libc6-dev; }
+	test -f "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" \
+		|| { $(APT) update -qq && $(APT) install -y -qq python3-dev; }
+	$(PY) setup.py --quiet build_ext --inplace
+	@touch $(COMPILED)
+
+compile: $(COMPILED)
+
+clean-compiled:
+	rm -rf build/ proxy/*.so $(COMPILED)
 
 # The real @datadog/browser-rum bundles (v5, v6, v7) for the demo page and the browser tests.
 $(NODE_STAMP): $(WEB)/package.json $(WEB)/package-lock.json
@@ -56,34 +72,38 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
+# The unit suites run first on plain Python (the RUM_LLMOBS_PROXY_PURE_PYTHON=1 build), then everything compiled.
 test: lint typecheck browser-deps node-agent-deps otel-agent-deps
+	$(MAKE) --no-print-directory clean-compiled
+	RUM_LLMOBS_PROXY_PURE_PYTHON=1 $(PY) -m pytest -q tests/proxy tests/hardening
+	$(MAKE) --no-print-directory compile
 	$(PY) -m pytest
 
-unit: $(STAMP)
+unit: $(COMPILED)
 	$(PY) -m pytest tests/proxy -m "not integration"
 
-demo: $(STAMP) $(NODE_STAMP)
+demo: $(COMPILED) $(NODE_STAMP)
 	$(PY) examples/demo/run.py
 
 # Refreshes the tracked docs/demo.png (the demo's browser test, writing its screenshot there); `make test` never does.
-screenshot: $(STAMP) browser-deps
+screenshot: $(COMPILED) browser-deps
 	DEMO_SCREENSHOT=$(CURDIR)/docs/demo.png $(PY) -m pytest tests/browser/test_demo.py
 
 # The proxy against direct, nginx and a plain aiohttp proxy in one run, then the hook's cost (bench/README.md).
 # nginx and wrk come from Debian; taskset (util-linux) pins the load and the target to separate CPUs.
-bench: $(STAMP)
+bench: $(COMPILED)
 	command -v nginx >/dev/null && command -v wrk >/dev/null || { $(APT) update -qq && $(APT) install -y -qq nginx-light wrk; }
 	$(PY) bench/run.py --write
 	$(PY) bench/hook_overhead.py --write
 
 # Minutes of mixed traffic through one proxy; RSS and open FDs sampled (writes bench/RESULTS-soak.md).
-soak: $(STAMP)
+soak: $(COMPILED)
 	$(PY) bench/soak.py --duration 180 --write
 
 # The hardening battery's property and raw-request fuzz tests with many more examples than the default suite.
-fuzz: $(STAMP)
+fuzz: $(COMPILED)
 	RUM_HARDENING_FUZZ_EXAMPLES=3000 $(PY) -m pytest -q tests/hardening/test_parser_properties.py \
 		tests/hardening/test_fuzz_requests.py
 
-clean:
+clean: clean-compiled
 	rm -rf $(VENV) .venv-* .node-dd-trace .mypy_cache .ruff_cache .pytest_cache .hypothesis $(WEB)/node_modules $(NODE_AGENT)/node_modules

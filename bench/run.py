@@ -822,12 +822,13 @@ def machine() -> list[str]:
     )
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("aiohttp", "ddtrace", "structlog", "rum-llmobs-proxy"))
     commit = first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    core = first_line([sys.executable, "-m", "proxy", "--version"])
     return [
         f"- CPUs: {os.cpu_count()} (`nproc`: {len(os.sched_getaffinity(0))}), {cpu}; load average at start "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         f"- kernel {platform.release()}, Python {platform.python_version()}, {first_line(['nginx', '-v'])}, "
         f"{first_line(['wrk', '-v'])}",
-        f"- {versions}; commit {commit}",
+        f"- {versions}; commit {commit}; `{core}`",
     ]
 
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from config.loader import ConfigError, env_name, exit_on_config_error, load_settings, unknown_variables
 from config.settings import Settings
-from proxy import __version__
+from proxy import __version__, compiled
 
 logger = structlog.get_logger()
 
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--print-config", action="store_true", help="print the effective settings as JSON and exit")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    core = "compiled" if compiled() else "pure Python"
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} ({core})")
     parser.epilog = "subcommand:\n  inject [FILE...]  add the proxy to Kubernetes manifests (inject --help)\n\n" + (
         parser.epilog or ""
     )
@@ -146,6 +147,7 @@ async def serve(settings: Settings, *, tracing_enabled: bool, admin: bool = True
         sources=[s.value for s in settings.sources],
         trace_propagation=settings.propagate_trace,
         apm_span=tracing_enabled,
+        compiled=compiled(),
         version=__version__,
     )
     await stop.wait()

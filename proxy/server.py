@@ -195,11 +195,12 @@ class ClientConnection(asyncio.Protocol):
 
     # ---- request lifecycle
 
-    def _start(self, head: RequestHead, *, websocket: bool = False) -> None:
+    def _start(self, head: RequestHead, *, websocket: bool = False) -> Exchange:
         exchange = Exchange(self.proxy, self, head)
         exchange.websocket = websocket
         self.exchange = exchange
         exchange.start()
+        return exchange
 
     def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
         """The response is complete: serve the next pipelined request, wait for one, or close."""
@@ -214,12 +215,11 @@ class ClientConnection(asyncio.Protocol):
         if self._queue:
             pending = self._queue.popleft()
             self.http11 = pending.head.version == b"1.1"
-            self._start(pending.head)
+            following = self._start(pending.head)
             for chunk in pending.chunks:
-                if self.exchange is not None:
-                    self.exchange.receive_body(chunk)
-            if pending.complete and self.exchange is not None:
-                self.exchange.request_complete()
+                following.receive_body(chunk)  # a no-op once it is done (an error answered at its start)
+            if pending.complete:
+                following.request_complete()
             if not self._queue:
                 self.gate.resume("pipeline")
             return

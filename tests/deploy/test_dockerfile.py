@@ -28,6 +28,7 @@ from proxy.inject_cli import load_manifests
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 LOCK = REPO_ROOT / "requirements.lock"
+BUILD_LOCK = REPO_ROOT / "requirements-build.lock"
 HOOK_DIR = "/opt/rum-llmobs-hook"
 
 Instruction = tuple[str, str]
@@ -238,17 +239,17 @@ def test_healthcheck_command_follows_healthz(
     assert (result.returncode == 0) is healthy, result.stderr
 
 
-def _lock_pins() -> dict[str, tuple[str, list[str]]]:
+def _lock_pins(lock: Path = LOCK) -> dict[str, tuple[str, list[str]]]:
     pins: dict[str, tuple[str, list[str]]] = {}
     current: str | None = None
-    for line in LOCK.read_text().splitlines():
+    for line in lock.read_text().splitlines():
         if match := re.match(r"^([A-Za-z0-9_.-]+)==([^ ;\\]+)", line):
             current = canonicalize_name(match.group(1))
             pins[current] = (match.group(2), [])
         elif current and (match := re.search(r"--hash=sha256:([0-9a-f]{64})", line)):
             pins[current][1].append(match.group(1))
         elif line and not line.startswith((" ", "#")):
-            raise AssertionError(f"unexpected line in requirements.lock: {line!r}")
+            raise AssertionError(f"unexpected line in {lock.name}: {line!r}")
     return pins
 
 
@@ -262,6 +263,27 @@ def test_lock_pins_every_dependency_with_hashes() -> None:
             f"{name}=={pins[name][0]} does not satisfy {dependency.specifier}: run deploy/lock.sh"
         )
     assert all(hashes for _, hashes in pins.values()), "every pin needs --hash (pip --require-hashes)"
+
+
+def test_build_lock_pins_the_build_requirements_at_the_runtime_versions() -> None:
+    """mypyc builds the wheel in the runtime venv: the build tools are locked, and share the runtime's versions."""
+    build, runtime = _lock_pins(BUILD_LOCK), _lock_pins()
+    requires = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    for requirement in map(Requirement, requires):
+        name = canonicalize_name(requirement.name)
+        assert name in build, f"{name} is not in requirements-build.lock: run deploy/lock.sh"
+        assert requirement.specifier.contains(build[name][0]), f"{name}=={build[name][0]}: run deploy/lock.sh"
+    assert all(hashes for _, hashes in build.values()), "every pin needs --hash (pip --require-hashes)"
+    for name in build.keys() & runtime.keys():
+        assert build[name][0] == runtime[name][0], f"{name}: the two locks disagree, run deploy/lock.sh"
+
+
+def test_build_tools_are_removed_before_the_image_ships(instructions: list[Instruction]) -> None:
+    """Whatever the build lock adds to the venv, except setuptools (a venv has one anyway), is uninstalled."""
+    runs = [c.strip() for kw, args in stages(instructions)[0] if kw == "RUN" for c in args.split("&&")]
+    uninstalled = {canonicalize_name(a) for c in runs if c.startswith("pip uninstall") for a in shlex.split(c)[3:]}
+    build_only = _lock_pins(BUILD_LOCK).keys() - _lock_pins().keys() - {"setuptools"}
+    assert uninstalled == build_only
 
 
 def test_lock_python_matches_base_image(instructions: list[Instruction]) -> None:
@@ -281,7 +303,7 @@ def test_dockerfile_pip_commands_build_a_working_venv(instructions: list[Instruc
                 src, dst = REPO_ROOT / source, context / source
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 if src.is_dir():
-                    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+                    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
                 else:
                     shutil.copy2(src, dst)
     venv_dir = tmp_path / "venv"
@@ -298,6 +320,11 @@ def test_dockerfile_pip_commands_build_a_working_venv(instructions: list[Instruc
             # e.g. setuptools' `project.license as a TOML table is deprecated` while building the project
             assert "deprecated" not in result.stdout + result.stderr, f"{command}\n{result.stderr[-3000:]}"
     assert (bin_dir / "rum-llmobs-proxy").exists()
+    compiled = subprocess.run(
+        [str(bin_dir / "python"), "-I", "-c", "import proxy.forward, mypy"], capture_output=True, text=True, check=False
+    )
+    assert "No module named 'mypy'" in compiled.stderr, "the build tools are still in the venv"
+    assert list(venv_dir.glob("lib/python*/site-packages/proxy/forward.*.so")), "the request path was not compiled"
     check = subprocess.run(
         [str(bin_dir / "rum-llmobs-proxy"), "--print-config"],
         cwd=tmp_path,
