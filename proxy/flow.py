@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -41,24 +42,41 @@ class WriteBatch:
     """Joins writes into one send per connection (a cork): a request head and its body, or a response head,
     body and end, go out in a single system call. The sends wait until the event loop has run every callback of
     its current turn, so the events that arrived together leave together: the peer is woken once for the lot
-    instead of once per connection."""
+    instead of once per connection. Work that can wait for the sends (counting and logging a finished request)
+    is queued with `after` and runs right after them, off the response's path."""
 
-    __slots__ = ("depth", "dirty", "_loop", "_scheduled")
+    __slots__ = ("depth", "dirty", "_later", "_loop", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.depth = 0
         self.dirty: list[Flushable] = []
+        self._later: list[Callable[[], None]] = []
         self._loop = loop
         self._scheduled = False
 
     def end(self) -> None:
         self.depth -= 1
-        if self.depth == 0 and self.dirty and not self._scheduled:
+        if self.depth == 0 and (self.dirty or self._later):
+            self._schedule()
+
+    def after(self, callback: Callable[[], None]) -> None:
+        self._later.append(callback)
+        if self.depth == 0:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._scheduled = False
         dirty, self.dirty = self.dirty, []
+        later, self._later = self._later, []
         for writer in dirty:
             writer.flush()
+        for callback in later:
+            try:
+                callback()
+            except Exception as exc:  # one failure must not cost the others their count and log line
+                self._loop.call_exception_handler({"message": "error after a send", "exception": exc})

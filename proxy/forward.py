@@ -225,7 +225,7 @@ class Exchange:
     def _streamed_framing(self) -> bytes:
         if self._chunked_in:
             return b"transfer-encoding: chunked"
-        return b"content-length: %d" % (self._length_in or 0)
+        return f"content-length: {self._length_in or 0:d}".encode()  # not b"%d": see trace_context._log_id
 
     def _send_body(self, chunk: bytes) -> None:
         if self._chunked_in:
@@ -497,7 +497,8 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        self.proxy.exchange_finished(self)
+        proxy = self.proxy
+        proxy.batch.after(lambda: proxy.exchange_finished(self))  # counted and logged once its bytes are sent
 
     def tunnel_finished(self) -> None:
         self._finish()

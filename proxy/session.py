@@ -77,6 +77,8 @@ def body_kind(content_type: str | None) -> str | None:
 
 
 # The Content-Encodings a body may arrive in and still be read for the ID (bounded decompression).
+_JSON_SPACE = b" \t\n\r"
+_MEMBER_START = b"{,"  # what precedes a key: the object's start or the previous member's end
 INSPECTABLE_CODINGS = frozenset({b"", b"identity", b"gzip", b"x-gzip", b"deflate"})
 
 
@@ -144,15 +146,11 @@ class SessionExtractor:
         # value is the one a parser would return for that key: the last duplicate. Invalid JSON that ends this
         # way still yields the ID; the agent refuses such a body anyway, and the ID is validated as usual.
         simple = [path[0] for path in self._json_paths if len(path) == 1 and re.fullmatch(r"[A-Za-z0-9_.-]+", path[0])]
-        self._last_member = (
-            re.compile(
-                rb'[{,]\s*"(?:'
-                + b"|".join(re.escape(name.encode()) for name in simple)
-                + rb')"\s*:\s*"([0-9a-fA-F-]{36})"\s*}\s*\Z'
-            )
-            if simple and len(simple) == len(self._json_paths) == 1
-            else None
+        # Found from the end: the key's last occurrence (rfind), then the rest of the member matched from there.
+        self._last_key = (
+            b'"' + simple[0].encode() + b'"' if simple and len(simple) == len(self._json_paths) == 1 else b""
         )
+        self._last_member = re.compile(rb'"\s*:\s*"([0-9a-fA-F-]{36})"\s*}\s*\Z')
         self._form_fields = tuple(body_fields)
         self._query_params = tuple(query_params)
         self._header_names = tuple(header_names)
@@ -182,10 +180,10 @@ class SessionExtractor:
         if parts.body_kind == "json":
             # The Datadog guide's frontend appends the ID as the last member: found from the end of the body
             # without parsing it (exact for any valid JSON document, see _last_member).
-            if self._last_member is not None:
-                match = self._last_member.search(body, max(0, len(body) - 256))
-                if match is not None:
-                    return (match.group(1).decode("ascii"),)
+            if self._last_key:
+                last = self._last_member_value(body)
+                if last is not None:
+                    return (last,)
             # Otherwise parsed once, whatever the number of paths; orjson gets escaped, nested and duplicate
             # keys right (a duplicate key: the last one wins, as in the fast path).
             try:
@@ -200,6 +198,20 @@ class SessionExtractor:
                 return ()
             return (value for name in self._form_fields for key, value in fields if key == name)
         return ()
+
+    def _last_member_value(self, body: bytes) -> str | None:
+        """The ID when the body ends with `{` or `,`, the key, `:`, a UUID string and the final `}`."""
+        key = self._last_key
+        at = body.rfind(key, max(0, len(body) - 256))
+        if at < 0:
+            return None
+        match = self._last_member.match(body, at + len(key) - 1)
+        if match is None:
+            return None
+        before = at - 1
+        while before >= 0 and body[before] in _JSON_SPACE:
+            before -= 1
+        return match.group(1).decode("ascii") if before >= 0 and body[before] in _MEMBER_START else None
 
     def _from_query(self, parts: RequestParts) -> Iterable[object]:
         return (value for name in self._query_params if (value := parts.query.get(name)) is not None)

@@ -50,7 +50,9 @@ def _first(index: Mapping[bytes, Sequence[bytes]], name: bytes) -> bytes | None:
 
 
 def _log_id(high: int, low: int) -> str:
-    return f"{high:016x}{low:016x}" if high else str(low)
+    # Ids are formatted with a format spec, never str() or b"%d": compiled by mypyc (mypy 2.4), those two leak a
+    # reference to any int beyond 62 bits, and trace ids are 64 and 128 bits (tests/proxy/test_memory.py).
+    return f"{high:016x}{low:016x}" if high else f"{low:d}"
 
 
 def with_tag(tags: bytes | None, key: bytes, value: bytes) -> bytes | None:
@@ -106,7 +108,7 @@ def propagate(
         log_trace_id = _log_id(_tid(tags), int(trace_id))
     elif sid is not None and w3c is None:
         high, low = ids()
-        headers[b"x-datadog-trace-id"] = b"%d" % low
+        headers[b"x-datadog-trace-id"] = f"{low:d}".encode()
         headers[b"x-datadog-parent-id"] = b"0"
         headers[b"x-datadog-tags"] = b"%s=%016x,%s=%s" % (TRACE_ID_HIGH_TAG, high, LLMOBS_SESSION_TAG, sid)
         return Propagation(headers, _log_id(high, low))

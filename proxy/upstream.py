@@ -149,8 +149,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def flush(self) -> None:
         out, self._out = self._out, []
-        if out and self.transport is not None and not self.closed:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        transport = self.transport
+        if out and transport is not None and not self.closed and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def close(self) -> None:
         """Close after what is written has been sent (a tunnel's last frames)."""
