@@ -35,7 +35,7 @@ RUN pip install --no-deps --require-hashes -r requirements-build.lock \
     && pip install --no-deps --no-build-isolation . \
     && pip uninstall -y mypy mypy-extensions librt pathspec ast-serialize \
     && pip check \
-    && python -I -c "import sys, proxy.forward; sys.exit(proxy.forward.__file__.endswith('.py'))"
+    && python -I -c "import sys, proxy; sys.exit(not proxy.compiled())"
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="rum-llmobs-proxy" \

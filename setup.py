@@ -24,8 +24,9 @@ def ext_modules() -> list[object]:
         return []
     from mypyc.build import mypycify
 
+    modules = compiled_modules()
     # One shared library for the lot, inside the package (proxy/_compiled__mypyc.*.so): one group in `separate`.
-    return list(mypycify(compiled_modules(), opt_level="3", separate=[(compiled_modules(), "proxy._compiled")]))
+    return list(mypycify(modules, opt_level="3", separate=[(modules, "proxy._compiled")]))
 
 
 setup(ext_modules=ext_modules())

@@ -290,7 +290,8 @@ class ClientConnection(asyncio.Protocol):
     # ---- transport
 
     def write(self, data: bytes) -> None:
-        """Send `data`; inside a batch (one read event's work) writes are joined into one send."""
+        """Send `data`; inside a batch, or while earlier writes wait for the loop turn's end, it joins them in one
+        send (flow.WriteBatch)."""
         if self.proxy.batch.depth or self._out:
             if not self._out:
                 self.proxy.batch.dirty.append(self)

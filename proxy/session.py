@@ -76,9 +76,9 @@ def body_kind(content_type: str | None) -> str | None:
     return None
 
 
-# The Content-Encodings a body may arrive in and still be read for the ID (bounded decompression).
 _JSON_SPACE = b" \t\n\r"
 _MEMBER_START = b"{,"  # what precedes a key: the object's start or the previous member's end
+# The Content-Encodings a body may arrive in and still be read for the ID (bounded decompression).
 INSPECTABLE_CODINGS = frozenset({b"", b"identity", b"gzip", b"x-gzip", b"deflate"})
 
 

@@ -137,7 +137,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._skip_body = True
 
     def write(self, data: bytes) -> None:
-        """Send `data`; inside a batch (one read event's work) writes are joined into one send."""
+        """Send `data`; inside a batch, or while earlier writes wait for the loop turn's end, it joins them in one
+        send (flow.WriteBatch)."""
         batch = self.pool.batch
         if batch.depth or self._out:
             if not self._out:
