@@ -140,8 +140,8 @@ class Proxy:
             exchange.span = self.tracing.start(headers, head.method.decode(), exchange.path)
 
     def trace_headers(self, exchange: Exchange, extraction: Extraction) -> dict[bytes, bytes]:
-        source = extraction.source.value if extraction.source is not None else None
         if self.tracing.enabled:
+            source = str(extraction.source) if extraction.source is not None else None
             headers = self.tracing.propagate(exchange.span, extraction.session_id, source)  # type: ignore[arg-type]
             return {name.lower().encode(): value.encode("latin-1") for name, value in headers.items()}
         if not self.propagate_trace:
@@ -158,7 +158,7 @@ class Proxy:
                 self.metrics.open_streams.dec()
         duration = time.monotonic() - exchange.started
         extraction = exchange.extraction
-        source = extraction.source.value if extraction.source is not None else "none"
+        source = str(extraction.source) if extraction.source is not None else "none"  # a StrEnum: its value
         self.metrics.count_request(exchange.status, source, duration)
         fields: dict[str, Any] = {
             "method": exchange.head.method.decode("latin-1"),

@@ -239,8 +239,8 @@ class Exchange:
         parts = RequestParts(head, _Query(head.query), content, kind, int(time.time() * 1000))
         extraction = proxy.extractor.extract(parts)
         for source in extraction.rejected:
-            proxy.metrics.count_invalid(source.value)
-            logger.debug("invalid_session_id", source=source.value, path=self.path)
+            proxy.metrics.count_invalid(str(source))
+            logger.debug("invalid_session_id", source=str(source), path=self.path)
         self.extraction = extraction
         return extraction
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from proxy.baggage import SESSION_KEY, with_member
 
@@ -59,15 +58,25 @@ def _tokens(values: Iterable[bytes]) -> list[bytes]:
     return [token for value in values for part in value.split(b",") if (token := part.strip().lower())]
 
 
-@dataclass(slots=True)
 class RequestHead:
-    """A parsed request head: the raw headers in order, and the few fields the proxy decides on, by lower name."""
+    """A parsed request head: the raw headers in order, and the few fields the proxy decides on, by lower name.
 
-    method: bytes
-    target: bytes
-    version: bytes  # b"1.1" or b"1.0"
-    headers: RawHeaders
-    index: dict[bytes, list[bytes]] = field(default_factory=dict)
+    The per-request classes are written out rather than dataclasses: mypyc compiles an explicit `__init__`, while a
+    dataclass's generated one stays interpreted (a Python call per request)."""
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,  # b"1.1" or b"1.0"
+        headers: RawHeaders,
+        index: dict[bytes, list[bytes]] | None = None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.index: dict[bytes, list[bytes]] = {} if index is None else index
 
     def get(self, name: bytes) -> bytes | None:
         values = self.index.get(name)
@@ -119,41 +128,43 @@ def _normalized(name: bytes) -> bytes:
     return name.lower().replace(b"_", b"-")
 
 
-@dataclass(frozen=True, slots=True)
 class ForwardRules:
     """What the proxy adds and removes on every forwarded request; resolved once from the settings."""
 
-    session_header: bytes
-    preserve_host: bool
-    propagate_baggage: bool
-    upstream_host: bytes  # host[:port] of the upstream, for a client that sent no Host or when not preserved
-    replaces_trace_headers: bool  # trace headers are rewritten by the proxy (else passed through untouched)
+    def __init__(
+        self,
+        session_header: bytes,
+        preserve_host: bool,
+        propagate_baggage: bool,
+        upstream_host: bytes,  # host[:port] of the upstream, for a client that sent no Host or when not preserved
+        replaces_trace_headers: bool,  # trace headers are rewritten by the proxy (else passed through untouched)
+    ) -> None:
+        self.session_header = session_header
+        self.preserve_host = preserve_host
+        self.propagate_baggage = propagate_baggage
+        self.upstream_host = upstream_host
+        self.replaces_trace_headers = replaces_trace_headers
+        dropped = set(HOP_BY_HOP | FRAMING | REQUEST_ONLY_DROPPED)
+        dropped.update((b"x-forwarded-for", session_header))
+        if replaces_trace_headers:
+            dropped.update(TRACE_HEADERS)
+        if propagate_baggage:
+            dropped.add(b"baggage")
+        if not preserve_host:
+            dropped.add(b"host")
+        self.always_dropped = frozenset(dropped)
+        # The fields the proxy owns, whose client copies are removed in `_` spellings too (WSGI servers treat
+        # `x_rum_session_id` as `x-rum-session-id`).
+        self.owned = frozenset({session_header} | (TRACE_HEADERS if replaces_trace_headers else set()))
 
     def dropped_names(self, head: RequestHead) -> frozenset[bytes]:
-        names = self._always_dropped()
+        names = self.always_dropped
         connection = head.index.get(b"connection")
         if not connection:
             return names
         # Every field the client named in Connection is hop-by-hop (RFC 9110 §7.6.1) — but Host, which the
         # upstream needs and no hop can own.
         return names | {token for token in _tokens(connection) if token != b"host"}
-
-    def _always_dropped(self) -> frozenset[bytes]:
-        cached: frozenset[bytes] | None = _DROPPED.get(self)
-        if cached is None:
-            names = set(HOP_BY_HOP | FRAMING | REQUEST_ONLY_DROPPED)
-            names.update((b"x-forwarded-for", self.session_header))
-            if self.replaces_trace_headers:
-                names.update(TRACE_HEADERS)
-            if self.propagate_baggage:
-                names.add(b"baggage")
-            if not self.preserve_host:
-                names.add(b"host")
-            cached = _DROPPED[self] = frozenset(names)
-        return cached
-
-
-_DROPPED: dict[ForwardRules, frozenset[bytes]] = {}
 
 
 def upstream_request_head(
@@ -174,10 +185,7 @@ def upstream_request_head(
     framing header line the proxy sends the body with (e.g. b"content-length: 12"), or None for no body.
     """
     dropped = rules.dropped_names(head)
-    # Client copies of the fields the proxy owns are removed in `_` spellings too (WSGI servers treat them alike).
-    owned = {rules.session_header}
-    if rules.replaces_trace_headers:
-        owned |= TRACE_HEADERS
+    owned = rules.owned
     if websocket:
         dropped -= WEBSOCKET_HANDSHAKE  # the upstream answers the client's handshake itself
     lines = [b"%s %s HTTP/1.1" % (head.method, target)]
@@ -235,12 +243,12 @@ def rewrite_baggage(values: Sequence[bytes], session_id: str | None) -> bytes | 
     return rewritten.encode("ascii") if rewritten is not None else None
 
 
-@dataclass(slots=True)
 class ResponseFraming:
     """How a response body is delimited: "none", "length", "chunked" or "eof" (until the upstream closes)."""
 
-    kind: str
-    content_length: int | None = None
+    def __init__(self, kind: str, content_length: int | None = None) -> None:
+        self.kind = kind
+        self.content_length = content_length
 
 
 def response_framing(status: int, request_method: bytes, headers: RawHeaders) -> ResponseFraming:
@@ -267,16 +275,21 @@ def downstream_response_head(
     A body the upstream delimited by chunks or by closing goes to an HTTP/1.1 client chunked
     (`chunked_to_client`), so the client connection can stay open.
     """
-    connection_named = set(_tokens(value for name, value in headers if name.lower() == b"connection"))
     keep_length = framing.kind in ("length", "none")  # HEAD and 304 keep the representation's length
     lines = [b"HTTP/1.1 %d %s" % (status, reason)]
+    connection: list[bytes] = []
     for name, value in headers:
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in connection_named:
+        if lower in HOP_BY_HOP:
+            if lower == b"connection":
+                connection.append(value)
             continue
         if lower == b"content-length" and not keep_length:
             continue
         lines.append(name + b": " + value)
+    if connection and (named := set(_tokens(connection)) - HOP_BY_HOP):
+        # The fields the upstream's Connection named are hop-by-hop too (RFC 9110 §7.6.1), wherever they came.
+        lines[1:] = [line for line in lines[1:] if line.partition(b":")[0].lower() not in named]
     if status == 101:  # the WebSocket handshake answer keeps its upgrade fields
         lines.append(b"connection: upgrade")
         lines.append(b"upgrade: websocket")

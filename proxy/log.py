@@ -103,11 +103,10 @@ _stamp_prefix = ""
 def _timestamp() -> str:
     """ISO 8601 UTC with microseconds, as structlog's TimeStamper writes it; the date part is made once a second."""
     global _stamp_second, _stamp_prefix
-    now = time.time()
-    second = int(now)
+    second, micro = divmod(time.time_ns() // 1000, 1_000_000)
     if second != _stamp_second:
         _stamp_second, _stamp_prefix = second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{_stamp_prefix}.{int((now - second) * 1_000_000):06d}Z"
+    return f"{_stamp_prefix}.{micro:06d}Z"
 
 
 def log_request(fields: dict[str, Any], *, warning: bool) -> None:

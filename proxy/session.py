@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qsl
 
@@ -43,22 +42,49 @@ class Query(Protocol):
     def get(self, key: str) -> str | None: ...
 
 
-@dataclass(slots=True)
 class RequestParts:
-    """What extraction looks at; `body` is None when the body was not inspected."""
+    """What extraction looks at; `body` is None when the body was not inspected.
 
-    headers: Headers
-    query: Query
-    body: bytes | None
-    body_kind: str | None  # "json", "form" or None
-    now_ms: int
+    Made once per request: a plain class, whose `__init__` mypyc compiles (a dataclass's stays interpreted)."""
+
+    def __init__(
+        self,
+        headers: Headers,
+        query: Query,
+        body: bytes | None,
+        body_kind: str | None,  # "json", "form" or None
+        now_ms: int,
+    ) -> None:
+        self.headers = headers
+        self.query = query
+        self.body = body
+        self.body_kind = body_kind
+        self.now_ms = now_ms
 
 
-@dataclass(frozen=True, slots=True)
 class Extraction:
-    session_id: str | None
-    source: SessionSource | None
-    rejected: tuple[SessionSource, ...] = ()  # sources that carried a value that is not a valid ID
+    """Where the session ID was found, and the sources whose value was not a valid ID (ignored, counted)."""
+
+    def __init__(
+        self,
+        session_id: str | None,
+        source: SessionSource | None,
+        rejected: tuple[SessionSource, ...] = (),
+    ) -> None:
+        self.session_id = session_id
+        self.source = source
+        self.rejected = rejected
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Extraction):
+            return NotImplemented
+        return (self.session_id, self.source, self.rejected) == (other.session_id, other.source, other.rejected)
+
+    def __hash__(self) -> int:
+        return hash((self.session_id, self.source, self.rejected))
+
+    def __repr__(self) -> str:
+        return f"Extraction({self.session_id!r}, {self.source!r}, {self.rejected!r})"
 
 
 NOT_FOUND = Extraction(None, None)

@@ -17,7 +17,6 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 LLMOBS_SESSION_TAG = b"_dd.p.llmobs_sid"
 TRACE_ID_HIGH_TAG = b"_dd.p.tid"
@@ -30,12 +29,12 @@ _TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]
 _U64 = (1 << 64) - 1
 
 
-@dataclass(slots=True)
 class Propagation:
     """The trace headers to forward (lower-case names), and the trace id to log (`dd.trace_id`), if any."""
 
-    headers: dict[bytes, bytes]
-    log_trace_id: str | None
+    def __init__(self, headers: dict[bytes, bytes], log_trace_id: str | None) -> None:
+        self.headers = headers
+        self.log_trace_id = log_trace_id
 
 
 def new_trace_ids() -> tuple[int, int]:
@@ -50,9 +49,9 @@ def _first(index: Mapping[bytes, Sequence[bytes]], name: bytes) -> bytes | None:
 
 
 def _log_id(high: int, low: int) -> str:
-    # Ids are formatted with a format spec, never str() or b"%d": compiled by mypyc (mypy 2.4), those two leak a
-    # reference to any int beyond 62 bits, and trace ids are 64 and 128 bits (tests/proxy/test_memory.py).
-    return f"{high:016x}{low:016x}" if high else f"{low:d}"
+    # Ids are formatted with a format spec, never str() or b"%d": compiled by mypyc (mypy 2.4), those two leak
+    # a reference to any int beyond 62 bits, and trace ids are 64 and 128 bits (tests/proxy/test_memory.py).
+    return f"{high << 64 | low:032x}" if high else f"{low:d}"
 
 
 def with_tag(tags: bytes | None, key: bytes, value: bytes) -> bytes | None:
