@@ -32,9 +32,10 @@ _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")  # X-Request-ID as ingresse
 
 
 class Lifecycle:
-    """Whether the proxy still takes traffic; readiness answers 503 once draining."""
+    """Whether the proxy takes traffic; readiness answers 503 while starting and once draining."""
 
     def __init__(self) -> None:
+        self.starting = False  # RUM_PROXY_WORKERS: until every worker listens
         self.draining = False
 
 

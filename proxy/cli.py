@@ -7,6 +7,8 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -14,6 +16,9 @@ from aiohttp import web
 from config.loader import ConfigError, env_name, exit_on_config_error, load_settings, unknown_variables
 from config.settings import Settings
 from proxy import __version__, compiled
+
+if TYPE_CHECKING:
+    from proxy.metrics import Metrics
 
 logger = structlog.get_logger()
 
@@ -105,10 +110,18 @@ def raise_open_files_limit() -> None:
             pass
 
 
-async def serve(settings: Settings, *, tracing_enabled: bool, admin: bool = True, worker: int | None = None) -> int:
+async def serve(
+    settings: Settings,
+    *,
+    tracing_enabled: bool,
+    admin: bool = True,
+    worker: int | None = None,
+    on_listening: Callable[[], object] | None = None,
+) -> int:
     """Listen, serve until SIGTERM/SIGINT, drain within the grace period, exit 0.
 
-    With `admin` False (a worker of RUM_PROXY_WORKERS), the supervisor serves the admin port instead.
+    With `admin` False (a worker of RUM_PROXY_WORKERS), the supervisor serves the admin port instead and learns
+    from `on_listening` that this worker listens.
     """
     from proxy.app import Proxy
     from proxy.health import create_admin_app
@@ -150,6 +163,9 @@ async def serve(settings: Settings, *, tracing_enabled: bool, admin: bool = True
         compiled=compiled(),
         version=__version__,
     )
+    if on_listening is not None:
+        on_listening()
+    publishing = None if admin else loop.create_task(_publish_metrics(proxy.metrics))
     await stop.wait()
     logger.info("draining", grace_seconds=settings.shutdown_grace_seconds)
     # Readiness turns 503 and the listener closes (no new connections); idle keep-alive connections close,
@@ -157,10 +173,22 @@ async def serve(settings: Settings, *, tracing_enabled: bool, admin: bool = True
     server.close()
     proxy.drain()
     await proxy.wait_closed(settings.shutdown_grace_seconds)
+    if publishing is not None:
+        publishing.cancel()
+        proxy.metrics.publish()  # the last requests, before the supervisor reads this worker's files
     if admin:
         await admin_runner.cleanup()
     logger.info("stopped")
     return 0
+
+
+async def _publish_metrics(metrics: Metrics) -> None:
+    """A worker's counts reach the supervisor's /metrics (shared files) within PUBLISH_SECONDS."""
+    from proxy.metrics import PUBLISH_SECONDS
+
+    while True:
+        await asyncio.sleep(PUBLISH_SECONDS)
+        metrics.publish()
 
 
 def _addresses(runner: web.AppRunner) -> list[str]:

@@ -17,8 +17,11 @@ async def healthz(_: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready to take traffic; 503 once draining. Independent of the upstream so that a native sidecar's
     startupProbe can pass before the agent container starts."""
-    if request.app[LIFECYCLE].draining:
+    lifecycle = request.app[LIFECYCLE]
+    if lifecycle.draining:
         return web.json_response({"status": "draining"}, status=503)
+    if lifecycle.starting:
+        return web.json_response({"status": "starting"}, status=503)
     return web.json_response({"status": "ready"})
 
 

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 SESSION_SOURCES = ("body", "query", "header", "baggage", "cookie", "none")
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+PUBLISH_SECONDS = 1.0  # how often a worker of RUM_PROXY_WORKERS adds its counts to the shared metrics
 
 
 class Metrics:
     """The proxy's metrics. `exposed` is what /metrics renders, when not this registry: the supervisor of
-    RUM_PROXY_WORKERS renders the workers' values summed by prometheus-client's multiprocess collector."""
+    RUM_PROXY_WORKERS renders the workers' values summed by prometheus-client's multiprocess collector.
+
+    Finished requests are counted in plain integers and added to the Prometheus metrics by `publish()`, the way
+    Envoy flushes its per-thread stats: a prometheus-client increment and observation cost ~1 µs of interpreted
+    code and two locks per request, 3–4 % of the proxy's CPU. `render()` publishes first, so a scrape sees every
+    request answered before it; a worker of RUM_PROXY_WORKERS publishes every `PUBLISH_SECONDS` and on exit.
+    """
 
     def __init__(self, exposed: CollectorRegistry | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -46,7 +55,7 @@ class Metrics:
             "rum_proxy_request_duration_seconds",
             "Time from request start to the end of the response (streams included).",
             registry=self.registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            buckets=DURATION_BUCKETS,
         )
         self.open_streams = Gauge(
             "rum_proxy_open_streams",
@@ -63,13 +72,40 @@ class Metrics:
         # Label children resolved once: a label lookup per request would cost more than the increment.
         self._invalid = {source: self.invalid_session_ids.labels(source) for source in SESSION_SOURCES}
         self._requests: dict[tuple[int, str], Counter] = {}
+        # Not yet published: requests by (status, source); durations by bucket (the last one is +Inf), and their sum.
+        self._counted: dict[tuple[int, str], int] = {}
+        self._durations = [0] * (len(DURATION_BUCKETS) + 1)
+        self._duration_sum = 0.0
+        # A bucket count is added with prometheus-client's own per-bucket values (`observe` adds one at a time and
+        # has no count argument). Checked once: were they ever to change shape, every request is observed directly.
+        histogram = self.request_duration
+        self._bulk = len(getattr(histogram, "_buckets", ())) == len(self._durations) and hasattr(histogram, "_sum")
 
     def count_request(self, status: int, session_source: str, duration: float) -> None:
-        child = self._requests.get((status, session_source))
-        if child is None:
-            child = self._requests[(status, session_source)] = self.requests.labels(str(status), session_source)
-        child.inc()
-        self.request_duration.observe(duration)
+        key = (status, session_source)
+        self._counted[key] = self._counted.get(key, 0) + 1
+        if self._bulk:
+            self._durations[bisect_left(DURATION_BUCKETS, duration)] += 1  # the first bucket with duration <= le
+            self._duration_sum += duration
+        else:
+            self.request_duration.observe(duration)
+
+    def publish(self) -> None:
+        """Add the requests counted since the last call to the Prometheus metrics."""
+        counted, self._counted = self._counted, {}
+        for (status, session_source), count in counted.items():
+            child = self._requests.get((status, session_source))
+            if child is None:
+                child = self._requests[(status, session_source)] = self.requests.labels(str(status), session_source)
+            child.inc(count)
+        if any(self._durations):  # only counted in bulk mode
+            histogram = self.request_duration
+            for bucket, count in zip(histogram._buckets, self._durations, strict=True):
+                if count:
+                    bucket.inc(count)
+            histogram._sum.inc(self._duration_sum)
+            self._durations = [0] * len(self._durations)
+            self._duration_sum = 0.0
 
     def track_open_streams(self, count: Callable[[], float]) -> bool:
         """Read the open-streams gauge from `count` at scrape time instead of moving it twice per request.
@@ -83,5 +119,6 @@ class Metrics:
         self._invalid[source].inc()
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
+        self.publish()
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self._exposed), content_type

@@ -27,7 +27,8 @@ def prepare_shared_metrics() -> None:
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="rum-llmobs-proxy-metrics-")
 
 
-def _start_worker(settings: Settings, index: int, *, tracing_enabled: bool) -> int:
+def _start_worker(settings: Settings, index: int, *, tracing_enabled: bool, listening_fd: int) -> int:
+    """Fork worker `index`; it writes one byte to `listening_fd` once it listens on the proxy port."""
     from proxy.log import flush_logs
 
     flush_logs()  # or the child would write the parent's buffered lines again
@@ -40,7 +41,15 @@ def _start_worker(settings: Settings, index: int, *, tracing_enabled: bool) -> i
 
     code = 1
     try:
-        code = uvloop.run(serve(settings, tracing_enabled=tracing_enabled, admin=False, worker=index))
+        code = uvloop.run(
+            serve(
+                settings,
+                tracing_enabled=tracing_enabled,
+                admin=False,
+                worker=index,
+                on_listening=lambda: os.write(listening_fd, b"."),
+            )
+        )
     finally:
         flush_logs()
         os._exit(code)
@@ -48,19 +57,29 @@ def _start_worker(settings: Settings, index: int, *, tracing_enabled: bool) -> i
 
 def supervise(settings: Settings, *, tracing_enabled: bool) -> int:
     directory = os.environ[MULTIPROC_ENV]
+    listening_read, listening_write = os.pipe()
     workers = {
-        _start_worker(settings, index, tracing_enabled=tracing_enabled): index for index in range(settings.workers)
+        _start_worker(settings, index, tracing_enabled=tracing_enabled, listening_fd=listening_write): index
+        for index in range(settings.workers)
     }
     import uvloop
 
     try:
-        return uvloop.run(_supervise(settings, workers, tracing_enabled=tracing_enabled))
+        return uvloop.run(
+            _supervise(settings, workers, tracing_enabled=tracing_enabled, listening=(listening_read, listening_write))
+        )
     finally:
+        os.close(listening_read)
+        os.close(listening_write)
         if directory.startswith(tempfile.gettempdir()):
             shutil.rmtree(directory, ignore_errors=True)
 
 
-async def _supervise(settings: Settings, workers: dict[int, int], *, tracing_enabled: bool) -> int:
+async def _supervise(
+    settings: Settings, workers: dict[int, int], *, tracing_enabled: bool, listening: tuple[int, int]
+) -> int:
+    """Serve the admin port, restart workers that die, drain them all on SIGTERM. `listening`: the pipe the
+    workers write one byte to once they listen."""
     from prometheus_client import CollectorRegistry, multiprocess
 
     from proxy.app import Lifecycle
@@ -68,6 +87,18 @@ async def _supervise(settings: Settings, workers: dict[int, int], *, tracing_ena
     from proxy.metrics import Metrics
 
     lifecycle = Lifecycle()
+    # Ready once every worker listens: before that, a connection the readiness probe lets through may be refused.
+    lifecycle.starting = True
+    listeners = 0
+
+    def worker_listening() -> None:
+        nonlocal listeners
+        listeners += len(os.read(listening[0], 64))
+        if listeners >= settings.workers and lifecycle.starting:
+            lifecycle.starting = False
+            logger.info("workers_listening", workers=settings.workers)
+
+    os.set_blocking(listening[0], False)
     shared = CollectorRegistry()
     multiprocess.MultiProcessCollector(shared)  # type: ignore[no-untyped-call]
     metrics = Metrics(exposed=shared)
@@ -80,6 +111,7 @@ async def _supervise(settings: Settings, workers: dict[int, int], *, tracing_ena
         _signal_all(workers, signal.SIGTERM)
         return 1
     loop = asyncio.get_running_loop()
+    loop.add_reader(listening[0], worker_listening)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -88,7 +120,7 @@ async def _supervise(settings: Settings, workers: dict[int, int], *, tracing_ena
         for pid, index in list(_reap(workers)):
             multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
             logger.warning("worker_restarted", worker=index, pid=pid)
-            workers[_start_worker(settings, index, tracing_enabled=tracing_enabled)] = index
+            workers[_start_worker(settings, index, tracing_enabled=tracing_enabled, listening_fd=listening[1])] = index
         try:
             async with asyncio.timeout(0.5):
                 await stop.wait()
