@@ -88,3 +88,24 @@ def test_bodies_have_the_sizes_and_session_id_placement_the_report_names(run: Mo
     big = json.loads(run.BODY_20K)
     assert len(run.BODY_20K) == 20 * 1024
     assert list(big)[-1] == "session_id" and big["session_id"] == run.SESSION_ID
+
+
+def test_a_paired_ratio_is_taken_round_by_round(run: ModuleType) -> None:
+    def result(rps: float) -> object:
+        return run.Run(rps, 1.0, 2.0, 50.0, 60.0, 0, 1, "body", 0.0)
+
+    # The VM slowed by half in round 2: both sides of the pair with it. Round by round the ratio stays 0.40; the
+    # medians taken a round apart would have said otherwise had the slow spell hit only one side.
+    proxy = [result(20_000), result(10_000), result(22_000)]
+    nginx = [result(50_000), result(25_000), result(55_000)]
+    ratio = run.paired(proxy, nginx, lambda a, b: a.rps / b.rps)
+    assert (ratio.median, ratio.low, ratio.high) == pytest.approx((0.4, 0.4, 0.4))
+    assert run.paired(proxy, nginx[:2], lambda a, b: a.rps / b.rps) is None  # unequal rounds: no pairing
+
+
+def test_the_20k_loads_run_back_to_back_and_proxy_follows_nginx(run: ModuleType) -> None:
+    keys = [load.key for load in run.LOADS]
+    assert keys.index("text20k") == keys.index("json20k") + 1
+    assert next(load for load in run.LOADS if load.key == "text20k").paired_with == "json20k"
+    targets = list(run.TARGETS)
+    assert targets.index("proxy") == targets.index("nginx") + 1
