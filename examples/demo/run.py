@@ -147,6 +147,8 @@ class Supervisor:
             try:
                 child.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                print(f"demo: {child.name} (pid {child.popen.pid}) still running after SIGTERM: killed", flush=True)
+                print(child.tail(), flush=True)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.popen.pid, signal.SIGKILL)
                 child.popen.wait()

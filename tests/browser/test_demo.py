@@ -195,7 +195,12 @@ async def test_demo_shows_the_rum_session_on_the_llmobs_spans_and_stops_on_ctrl_
             assert session_id not in later_rum  # RUM events are this session's only; earlier ones are counted apart
 
             demo.send_signal(signal.SIGINT)
-            assert demo.wait(timeout=60) == 0
+            try:
+                code = demo.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                output = log.read_text(errors="replace")[-6000:]
+                raise AssertionError(f"the demo did not stop within 60 s of Ctrl-C; its output:\n{output}") from None
+            assert code == 0
         output = log.read_text(errors="replace")
 
     started = STARTED.findall(output)
