@@ -208,10 +208,18 @@ class Pinning:
         return [] if self.load_cpu is None else ["taskset", "-c", f"{self.load_cpu},{self.target_cpu}"]
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port, never one given before in this run (the kernel may offer one again once closed)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def http_status(url: str) -> int | None:

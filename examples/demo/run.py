@@ -156,10 +156,18 @@ class Supervisor:
             print(f"demo: stopped {child.name} (pid {child.popen.pid}, exit {child.popen.returncode})", flush=True)
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port, never one given before (the kernel may offer a port again once its probe closed)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def ensure_rum_sdk() -> None:
@@ -279,7 +287,9 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> int:
-    for signum in (signal.SIGTERM, signal.SIGHUP):  # stopped by a supervisor, or its terminal closed
+    # Ctrl-C, a supervisor's SIGTERM, or the terminal closing. SIGINT too: Python leaves it ignored when it was
+    # ignored at start, as for anything a non-interactive shell runs in the background (`make demo &`, CI).
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupt)
     env = dict(os.environ)
     ports = Ports.from_env(env)

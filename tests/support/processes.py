@@ -20,10 +20,19 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_PYTHON = Path(sys.executable)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, never one this process was given before: the kernel may offer the same
+    ephemeral port again as soon as the probe socket closes, and a proxy given one port twice refuses to start."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:
