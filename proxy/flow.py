@@ -59,6 +59,16 @@ class WriteBatch:
         if self.depth == 0 and (self.dirty or self._later):
             self._schedule()
 
+    def queue(self, writer: Flushable, out: list[bytes], data: bytes) -> bool:
+        """Hold `data` in `writer`'s pending sends `out` while a batch is open or earlier sends still wait for the
+        turn's end (so the bytes keep their order); False when nothing waits and the caller sends it now."""
+        if not (self.depth or out):
+            return False
+        if not out:
+            self.dirty.append(writer)
+        out.append(data)
+        return True
+
     def after(self, callback: Callable[[], None]) -> None:
         self._later.append(callback)
         if self.depth == 0:

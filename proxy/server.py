@@ -292,10 +292,7 @@ class ClientConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Send `data`; inside a batch, or while earlier writes wait for the loop turn's end, it joins them in one
         send (flow.WriteBatch)."""
-        if self.proxy.batch.depth or self._out:
-            if not self._out:
-                self.proxy.batch.dirty.append(self)
-            self._out.append(data)
+        if self.proxy.batch.queue(self, self._out, data):
             return
         transport = self.transport
         if transport is not None and not transport.is_closing():

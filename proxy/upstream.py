@@ -139,11 +139,7 @@ class UpstreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Send `data`; inside a batch, or while earlier writes wait for the loop turn's end, it joins them in one
         send (flow.WriteBatch)."""
-        batch = self.pool.batch
-        if batch.depth or self._out:
-            if not self._out:
-                batch.dirty.append(self)
-            self._out.append(data)
+        if self.pool.batch.queue(self, self._out, data):
             return
         if self.transport is not None and not self.closed:
             self.transport.write(data)

@@ -47,3 +47,15 @@ async def test_a_failing_callback_costs_the_others_nothing() -> None:
     batch.flush()
     assert counted == ["first", "third"]
     assert len(reported) == 1 and isinstance(reported[0]["exception"], RuntimeError)
+
+
+async def test_a_write_waits_behind_the_sends_still_pending_so_bytes_keep_their_order() -> None:
+    batch = WriteBatch(asyncio.get_running_loop())
+    events: list[str] = []
+    writer, out = Recorder("a", events), []
+    assert batch.queue(writer, out, b"now") is False and out == []  # no batch, nothing pending: sent at once
+    batch.depth += 1
+    assert batch.queue(writer, out, b"head") is True
+    batch.end()
+    assert batch.queue(writer, out, b"body") is True  # the batch ended, but "head" is not sent yet
+    assert out == [b"head", b"body"] and batch.dirty == [writer]  # one send for the connection, in order
