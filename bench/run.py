@@ -22,7 +22,6 @@ import resource
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,10 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.processes import free_port  # noqa: E402  (never the same port twice, as the tests need)
+
 BENCH = ROOT / "bench"
 SESSION_ID = "3f8a2c1e-9b4d-4e6f-a1b2-c3d4e5f60718"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -206,20 +209,6 @@ class Pinning:
 
     def both(self) -> list[str]:
         return [] if self.load_cpu is None else ["taskset", "-c", f"{self.load_cpu},{self.target_cpu}"]
-
-
-_PORTS_GIVEN: set[int] = set()
-
-
-def free_port() -> int:
-    """A free loopback port, never one given before in this run (the kernel may offer one again once closed)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _PORTS_GIVEN:
-            _PORTS_GIVEN.add(port)
-            return port
 
 
 def http_status(url: str) -> int | None:
