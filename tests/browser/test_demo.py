@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shlex
 import signal
 import subprocess
 import tempfile
@@ -73,9 +74,12 @@ def demo_running(log: Path) -> Iterator[subprocess.Popen[bytes]]:
     env["DEMO_CHUNK_DELAY"] = "0.02"  # still streamed in pieces, four chats in a few seconds
     for name in ("DD_API_KEY", "DEMO_LLM", "DEMO_KEEP_LOGS"):
         env.pop(name, None)
+    # Started with SIGINT ignored, as a non-interactive shell starts what it backgrounds (`make demo &`, CI):
+    # Python then installs no KeyboardInterrupt handler, and the demo must still stop on Ctrl-C.
+    demo = shlex.join([str(VENV_PYTHON), str(REPO / "examples" / "demo" / "run.py")])
     with log.open("wb") as out:
         popen = subprocess.Popen(
-            [str(VENV_PYTHON), str(REPO / "examples" / "demo" / "run.py")],
+            ["sh", "-c", f"trap '' INT; exec {demo}"],
             env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
