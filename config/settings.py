@@ -124,6 +124,27 @@ class Settings(BaseSettings):
         65_536, ge=1024, description="Largest request head (request line and headers); more is refused with 431."
     )
     max_headers: int = Field(100, ge=8, description="Most request headers; more are refused with 431.")
+    max_response_header_bytes: int = Field(
+        65_536, ge=1024, description="Largest upstream response head; a larger one is answered 502 to the client."
+    )
+    inspect_budget_bytes: int = Field(
+        67_108_864,
+        ge=0,
+        description="Request bytes all connections together may hold while looking for the session ID; past it "
+        "bodies are forwarded uninspected (fail open).",
+    )
+    send_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Longest time a client may leave the proxy's bytes unread (mid-response, or flushing before a "
+        "close); then the connection is reset.",
+    )
+    linger_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="After answering a request whose body is still arriving, how long the rest is read and "
+        "discarded before closing, so the client sees the answer instead of a reset (RFC 9112 §9.6).",
+    )
     header_read_timeout_seconds: float = Field(
         10.0, gt=0, description="Longest time from a request's first byte to the end of its headers (then 408)."
     )
