@@ -36,7 +36,7 @@ class Metrics:
         self.invalid_session_ids = Counter(
             "rum_proxy_invalid_session_ids",
             "Values that looked like a session ID but were not a valid one (ignored, never forwarded).",
-            ("source",),
+            ("session_source",),  # not `source`: a tag key Datadog reserves (the log/integration source)
             registry=self.registry,
         )
         self.upstream_errors = Counter(

@@ -38,7 +38,7 @@ async def test_metrics_count_requests_sources_and_errors(aiohttp_client: Any, pr
     text = await (await admin.get("/metrics")).text()
     assert 'rum_proxy_requests_total{session_source="body",status="200"} 1.0' in text
     assert 'rum_proxy_requests_total{session_source="none",status="200"} 1.0' in text
-    assert 'rum_proxy_invalid_session_ids_total{source="query"} 1.0' in text
+    assert 'rum_proxy_invalid_session_ids_total{session_source="query"} 1.0' in text
     assert "rum_proxy_request_duration_seconds_count 2.0" in text
     assert "rum_proxy_open_streams 0.0" in text
 

@@ -207,7 +207,7 @@ async def test_invalid_id_is_never_forwarded_but_the_request_is(proxy: Any, upst
 
 async def test_wrong_json_type_is_counted_as_invalid(proxy: Any, upstream: Upstream) -> None:
     await proxy.post("/chat", json={"session_id": 12345})
-    assert await metric(proxy, 'rum_proxy_invalid_session_ids_total{source="body"}') == 1.0
+    assert await metric(proxy, 'rum_proxy_invalid_session_ids_total{session_source="body"}') == 1.0
 
 
 async def test_sources_can_be_switched_off_and_reordered(make_proxy: Any, upstream: Upstream) -> None:
