@@ -334,3 +334,42 @@ def ws_receive(conn: Connection, timeout: float = GUARD) -> tuple[int, bytes] | 
         length = int.from_bytes(extended, "big")
     payload = conn._take(length, deadline) if length else b""
     return None if payload is None else (head[0] & 0x0F, payload)
+
+
+def small_window_connection(port: int, *, rcvbuf: int = 4096, timeout: float = GUARD) -> Connection:
+    """A client connection whose receive buffer is set to `rcvbuf` before connecting, so a client that does not
+    read closes its TCP window after a few KiB (a zero-window peer, as a stuck or hostile client is)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
+    conn = Connection.__new__(Connection)
+    conn.sock = sock
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn.timeout = timeout
+    conn.buffer = bytearray()
+    conn.ending = None
+    return conn
+
+
+def send_until_blocked(sock: socket.socket, data: bytes, *, wait: float = 0.5) -> int:
+    """Send as much of `data` as the peer takes, waiting at most `wait` seconds for the socket to become writable
+    again each time it is full; return how many bytes went out (less than len(data) when the peer stopped reading
+    or closed)."""
+    sent = 0
+    view = memoryview(data)
+    previous = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        while sent < len(data):
+            try:
+                sent += sock.send(view[sent : sent + (1 << 20)])
+            except BlockingIOError:
+                _, writable, _ = select.select([], [sock], [], wait)
+                if not writable:
+                    break
+            except (BrokenPipeError, ConnectionResetError):
+                break
+    finally:
+        sock.settimeout(previous)
+    return sent

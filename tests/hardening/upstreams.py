@@ -387,3 +387,85 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
+
+
+async def read_request_head(reader: asyncio.StreamReader) -> tuple[str, dict[str, str]] | None:
+    """One request head off `reader`: (target, lower-cased headers), or None when the connection ended first."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return lines[0].split(" ")[1], headers
+
+
+class ScriptedUpstream(Notifier):
+    """A raw asyncio upstream whose every connection runs `handler(reader, writer)`: for faults a request/answer
+    script cannot express (answering before reading the body, reading slowly, bytes after the response).
+    `state` is free for handlers to record into; call `changed()` after, so tests can `wait_for` it."""
+
+    def __init__(self, loop: LoopThread, handler: Handler) -> None:
+        super().__init__()
+        self.loop = loop
+        self.handler = handler
+        self.state: dict[str, Any] = {}
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ScriptedUpstream:
+        async def start() -> None:
+            self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20)
+            self.port = self.server.sockets[0].getsockname()[1]
+
+        self.loop.run(start())
+        return self
+
+    def close(self) -> None:
+        async def close() -> None:
+            if self.server is not None:
+                self.server.close()
+                for writer in list(self._writers):
+                    writer.transport.abort()
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+                await self.server.wait_closed()
+
+        self.loop.run(close())
+
+    def record(self, key: str, value: Any = 1) -> None:
+        """Add `value` to the counter or list under `key` and wake waiters (call from a handler)."""
+        current = self.state.get(key)
+        if isinstance(value, int) and (current is None or isinstance(current, int)):
+            self.state[key] = (current or 0) + value
+        else:
+            self.state.setdefault(key, []).append(value)
+        self.changed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self.handler(reader, writer)
+        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            self._tasks.discard(task)
+            writer.close()
