@@ -61,6 +61,40 @@ def _split_commas(value: object) -> object:
     return value
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# host[:port][/path] with no scheme: a name, an IPv4 address or a bracketed IPv6 address.
+_SCHEMELESS = re.compile(r"^(?:[\w.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?(?:/\S*)?$")
+UPSTREAM_EXAMPLE = "http://127.0.0.1:8000"
+
+
+def _upstream_scheme(value: object) -> object:
+    """An upstream URL without `http://` is named with the URL to write instead (pydantic would read `localhost:8000`
+    as scheme `localhost` and `127.0.0.1:8000` as a relative URL, and suggest https, which is refused)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        raise ValueError(f"is empty: give the agent's URL, e.g. {UPSTREAM_EXAMPLE}")
+    scheme = _SCHEME.match(text)
+    if scheme and scheme.group(1).lower() == "https":
+        raise ValueError(
+            f"must be an http:// URL: the agent runs beside the proxy, TLS to it is not supported "
+            f"(use http://{text[scheme.end() :]})"
+        )
+    if scheme and scheme.group(1).lower() != "http":
+        raise ValueError(f"must be an http:// URL such as {UPSTREAM_EXAMPLE}, not {scheme.group(1)}://")
+    if not scheme:
+        bare = text.removeprefix("//")
+        if "//" not in bare and _SCHEMELESS.match(bare):
+            raise ValueError(f"{text!r} has no scheme: use http://{bare}")
+        raise ValueError(f"{text!r} is not an http:// URL such as {UPSTREAM_EXAMPLE}")
+    return text
+
+
+def _lower_case(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
 def _parse_sources(value: object) -> object:
     """Comma-separated sources: at least one, each a SessionSource; the message lists the valid values."""
     values = _split_commas(value)
@@ -180,6 +214,8 @@ class Settings(BaseSettings):
 
     _split = field_validator("body_fields", "query_params", "header_names", mode="before")(_split_commas)
     _sources = field_validator("sources", mode="before")(_parse_sources)
+    _upstream = field_validator("upstream_url", mode="before")(_upstream_scheme)
+    _log_case = field_validator("log_level", "log_format", mode="before")(_lower_case)
 
     @field_validator("upstream_url")
     @classmethod
