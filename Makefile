@@ -33,7 +33,7 @@ $(COMPILED): $(STAMP) setup.py $(wildcard proxy/*.py)
 	command -v gcc >/dev/null || { $(APT) update -qq && $(APT) install -y -qq gcc libc6-dev; }
 	test -f "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" \
 		|| { $(APT) update -qq && $(APT) install -y -qq python3-dev; }
-	$(PY) setup.py --quiet build_ext --inplace
+	RUM_LLMOBS_PROXY_PURE_PYTHON=0 $(PY) setup.py --quiet build_ext --inplace
 	@touch $(COMPILED)
 
 compile: $(COMPILED)
