@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
+import socket
 from typing import Annotated
 
 from pydantic import AnyHttpUrl, Field, field_validator, model_validator
@@ -262,3 +264,40 @@ class Settings(BaseSettings):
         if self.port and self.port == self.admin_port:
             raise ValueError(f"{env_name('port')} and {env_name('admin_port')} must differ (both are {self.port})")
         return self
+
+    @model_validator(mode="after")
+    def _upstream_is_not_the_proxy(self) -> Settings:
+        """An upstream that is the proxy's own listening address would send every request back to the proxy."""
+        upstream = (self.upstream_url.host or "").strip("[]").lower()
+        if self.port and (self.upstream_url.port or 80) == self.port and _same_listener(upstream, self.host):
+            raise ValueError(
+                f"{env_name('upstream_url')} {self.upstream_url} is the proxy's own address ({env_name('host')}="
+                f"{self.host}, {env_name('port')}={self.port}): every request would come back to the proxy. Point "
+                "it at the agent's port, or give the proxy another port."
+            )
+        return self
+
+
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - names, compared, never bound
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _same_listener(upstream: str, listen: str) -> bool:
+    """Whether a connection to `upstream` (on the proxy's port) reaches a socket listening on `listen`."""
+    listen = listen.strip("[]").lower()
+    if upstream == listen or upstream in _WILDCARDS:  # connecting to 0.0.0.0 or :: reaches this host
+        return True
+    if listen in _WILDCARDS:
+        return _is_loopback(upstream) or upstream == socket.gethostname().lower()
+    if upstream in _LOOPBACK_NAMES:  # localhost: 127.0.0.1 or ::1
+        return listen in ("127.0.0.1", "::1")
+    return False

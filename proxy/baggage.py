@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from urllib.parse import quote, unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 SESSION_KEY = "session.id"
+SESSION_KEY_BYTES = b"session.id"
 MAX_MEMBERS = 64  # W3C baggage §3.3.3 limits
 MAX_BYTES = 8192
 
@@ -56,22 +57,56 @@ def baggage_value(headers: Iterable[str], key: str) -> str | None:
     return None
 
 
-def with_member(headers: Iterable[str], key: str, value: str | None) -> str | None:
-    """The baggage header to forward: every `key` member replaced by `key=value` (or removed when value is None).
+def _session_value(member: bytes) -> bytes | None:
+    """The value of a list-member that some reader takes for `session.id`, or None for any other member.
 
-    Other members are kept verbatim. A malformed header is returned unchanged (joined), never rewritten.
-    When adding the member would break the W3C limits, the header is forwarded without it.
-    Returns None when no baggage remains.
+    Readers differ: ddtrace percent-decodes the key and keeps properties in the value, OpenTelemetry strips it
+    after decoding, the hook takes the key before `;`. A member is a session carrier if any of them would see one.
     """
-    headers = tuple(headers)
-    try:
-        members = parse_baggage(headers)
-    except (MalformedBaggage, UnicodeDecodeError):
-        return ",".join(headers) or None
-    kept = [member.raw for member in members if member.key != key]
-    if value is not None:
-        candidate = [*kept, f"{key}={quote(value, safe='')}"]
-        serialized = ",".join(candidate)
-        if len(candidate) <= MAX_MEMBERS and len(serialized.encode()) <= MAX_BYTES:
+    key, _, rest = member.partition(b"=")
+    key = key.partition(b";")[0]
+    if b"%" in key:
+        key = unquote_to_bytes(key)
+    if key.strip() != SESSION_KEY_BYTES:
+        return None
+    value = rest.partition(b";")[0].strip()
+    return unquote_to_bytes(value) if b"%" in value else value
+
+
+def _may_carry_session(value: bytes) -> bool:
+    return SESSION_KEY_BYTES in value or b"%" in value  # a key can be percent-encoded
+
+
+def with_session(values: Sequence[bytes], session_id: bytes | None) -> bytes | None:
+    """The baggage to forward when the proxy propagates the session: every member a reader could take for
+    `session.id` removed, then `session.id=<session_id>` added when there is one and the W3C limits allow it.
+
+    Other members are kept verbatim, even in a header that is not valid baggage. None when nothing remains.
+    A header with nothing to remove or add goes through as it came.
+    """
+    if not values:
+        return SESSION_KEY_BYTES + b"=" + session_id if session_id is not None else None
+    if session_id is None and not any(_may_carry_session(value) for value in values):
+        return b",".join(values)
+    kept = [raw for value in values for member in value.split(b",") if (raw := member.strip(b" \t"))]
+    kept = [member for member in kept if _session_value(member) is None]
+    if session_id is not None:  # a validated UUID needs no percent-encoding
+        candidate = [*kept, SESSION_KEY_BYTES + b"=" + session_id]
+        serialized = b",".join(candidate)
+        if len(candidate) <= MAX_MEMBERS and len(serialized) <= MAX_BYTES:
             return serialized
-    return ",".join(kept) or None
+    return b",".join(kept) or None
+
+
+def only_session(values: Sequence[bytes], session_id: bytes | None) -> bytes | None:
+    """Baggage the proxy passes through (RUM_PROXY_PROPAGATE_BAGGAGE=false): as it came, but for the members
+    a reader could take for a `session.id` other than the validated one, which are removed."""
+    joined = b",".join(values)
+    if not _may_carry_session(joined):
+        return joined or None
+    kept = []
+    for member in joined.split(b","):
+        value = _session_value(member)
+        if value is None or value == session_id and b";" not in member:  # as every reader reads it
+            kept.append(member)
+    return b",".join(kept) if any(member.strip(b" \t") for member in kept) else None

@@ -51,10 +51,16 @@ class Tracing:
             span.set_tag("rum.session_id", session_id)
             span.set_tag("rum.session_source", source)
             span.context._meta[LLMOBS_SESSION_TAG] = session_id
+        else:
+            # A session tag that came with the client's trace context is never forwarded (README, threat model).
+            span.context._meta.pop(LLMOBS_SESSION_TAG, None)
         from ddtrace.propagation.http import HTTPPropagator
 
         headers: dict[str, str] = {}
         HTTPPropagator.inject(span, headers)
+        # ddtrace injects the baggage it extracted from the client, session.id included; the proxy forwards the
+        # client's baggage itself (rewritten or checked), once.
+        headers.pop("baggage", None)
         return headers
 
     @staticmethod

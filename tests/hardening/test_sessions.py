@@ -6,7 +6,7 @@ import itertools
 import json
 import time
 from collections.abc import Iterator
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -201,3 +201,93 @@ def test_connection_cannot_take_away_the_host(proxy: ProxyProcess, upstream: Rec
     """A field named in Connection is hop-by-hop, but an HTTP/1.1 request always carries exactly one Host."""
     _, seen = send(proxy, upstream, build_request("GET", "/connection-host", [("Connection", named)]))
     assert len(seen.all("host")) == 1, seen.headers
+
+
+# ---- issue 17 item 6: a client's session carriers never survive, whatever the proxy can or cannot rewrite
+
+SPOOFED = OTHER_ID  # a valid-looking ID the client puts where the proxy does not look for one
+PAD = "_dd.p.pad=" + "a" * 500  # with the session tag added, past the tracers' 512-byte x-datadog-tags limit
+DD_PAD = "t.pad:" + "b" * 240  # with the session field added, past the 256-byte tracestate dd member limit
+DATADOG = [("x-datadog-trace-id", "42"), ("x-datadog-parent-id", "7")]
+W3C = [("traceparent", "00-0000000000000000000000000000002a-0000000000000007-01")]
+CARRIERS = {
+    "tags-no-id": [*DATADOG, ("x-datadog-tags", f"_dd.p.dm=-4,_dd.p.llmobs_sid={SPOOFED}")],
+    "tags-junk-no-id": [*DATADOG, ("x-datadog-tags", "_dd.p.llmobs_sid=forged-by-the-client")],
+    "tags-underscore": [*DATADOG, ("x_datadog_tags", f"_dd.p.llmobs_sid={SPOOFED}")],
+    "padded-tags": [*DATADOG, ("x-datadog-tags", f"_dd.p.llmobs_sid={SPOOFED},{PAD}")],
+    "padded-tracestate": [*W3C, ("tracestate", f"dd={DD_PAD};t.llmobs_sid:{SPOOFED},rojo=1")],
+    "malformed-baggage": [("baggage", f"user.id=u1,this is not baggage,session.id={SPOOFED}")],
+    "encoded-baggage-key": [("baggage", f"user.id=u1,session%2Eid={SPOOFED}")],
+    "not-ascii-baggage": [("baggage", f"user.id=u1,session.id={SPOOFED},k=caf\xe9")],
+}
+CONFIGURATIONS = {
+    "defaults": {},
+    "propagation-off": {"PROPAGATE_TRACE": "false"},
+    "baggage-off": {"PROPAGATE_BAGGAGE": "false"},
+    "apm-span": {"APM_SPAN": "true"},
+}
+
+
+def sessions_seen(seen: Seen) -> set[str]:
+    """Every session a reader of the forwarded request could take (ddtrace, dd-trace-js, OpenTelemetry, the hook):
+    the session header in any spelling, any llmobs session tag or tracestate field, any reading of session.id."""
+    found = {value for _, value in seen.spelled_like("x-rum-session-id")}
+    for _, value in seen.spelled_like("x-datadog-tags"):
+        found |= {v.strip() for k, _, v in (m.partition("=") for m in value.split(",")) if "llmobs_sid" in k}
+    for value in seen.all("tracestate"):
+        for member in value.split(","):
+            vendor, sep, rest = member.strip().partition("=")
+            if sep and vendor.strip() == "dd":
+                found |= {v.strip() for k, _, v in (f.partition(":") for f in rest.split(";")) if "llmobs_sid" in k}
+    for value in seen.all("baggage"):
+        for member in value.split(","):
+            for reading in (member, member.split(";", 1)[0]):
+                key, sep, rest = reading.partition("=")
+                if sep and unquote(key).strip() == "session.id":
+                    found.add(unquote(rest).strip())
+    return found
+
+
+@pytest.mark.parametrize("configuration", CONFIGURATIONS.values(), ids=CONFIGURATIONS.keys())
+def test_no_client_session_carrier_reaches_the_upstream(
+    running_proxy: ProxyFactory, upstream: RecordingUpstream, test_agent: TestAgent, configuration: dict[str, str]
+) -> None:
+    """The README's threat model: the upstream reads a session only where the proxy put its validated ID."""
+    extra_env = {"DD_TRACE_ENABLED": "true", "DD_TRACE_AGENT_URL": test_agent.url}
+    proxy = running_proxy(upstream.url, extra_env=extra_env, **configuration)
+    leaks = []
+    for name, carriers in CARRIERS.items():
+        for session_id in (None, SESSION_ID):
+            upstream.reset()
+            headers = [*carriers, *([("Cookie", rum_cookie(session_id))] if session_id else [])]
+            _, seen = send(proxy, upstream, build_request("GET", f"/carriers/{name}", headers))
+            if sessions_seen(seen) - {session_id}:
+                leaks.append((name, session_id, seen.headers))
+            assert "u1" in ",".join(seen.all("baggage")) or "baggage" not in name, "other members are kept"
+    assert leaks == []
+
+
+# ---- issue 17 item 11: Connection cannot take away the proxy's X-Forwarded-*; an absolute-form target's Host
+
+
+def test_connection_cannot_take_away_the_proxys_forwarded_fields(
+    proxy: ProxyProcess, upstream: RecordingUpstream
+) -> None:
+    headers = [
+        ("Connection", "X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded-Proto", "gopher"),
+        ("X-Forwarded-Host", "evil.example"),
+    ]
+    _, seen = send(proxy, upstream, build_request("GET", "/forwarded", headers))
+    assert seen.all("x-forwarded-for") == ["127.0.0.1"], seen.headers
+    assert seen.all("x-forwarded-proto") == ["http"], seen.headers
+    assert seen.all("x-forwarded-host") == ["proxy.test"], seen.headers
+
+
+def test_an_absolute_form_target_names_the_host(proxy: ProxyProcess, upstream: RecordingUpstream) -> None:
+    """RFC 9112 §3.2.2: the target's authority is the request's host, whatever Host the client sent."""
+    request = build_request("GET", "http://agent.example:8000/absolute?x=1", host="evil.example")
+    _, seen = send(proxy, upstream, request)
+    assert (seen.target, seen.all("host")) == ("/absolute?x=1", ["agent.example:8000"]), seen.headers
+    assert seen.all("x-forwarded-host") == ["agent.example:8000"]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.trace_context import MAX_TAGS_LENGTH, propagate, with_dd_member, with_tag
+from proxy.trace_context import MAX_TAGS_LENGTH, propagate, tags_with_session, tracestate_with_session
 from tests.proxy.conftest import SESSION_ID, Upstream
 
 RUM_TRACE_HEADERS = {
@@ -51,7 +51,11 @@ async def test_a_root_trace_is_started_when_the_browser_sent_none(proxy: Any, up
     tags = dict(tag.split("=", 1) for tag in headers["x-datadog-tags"].split(","))
     assert tags["_dd.p.llmobs_sid"] == SESSION_ID
     assert len(tags["_dd.p.tid"]) == 16
-    assert "traceparent" not in headers  # W3C has no way to say "no parent"
+    # The same trace in W3C, with a span id of its own (ddtrace's LLMObs warns on a span id 0) and `p` 0 (no
+    # Datadog parent), which the tracers record as the agent span's `_dd.parent_id`: a root for Datadog.
+    _, trace_id, span_id, _ = headers["traceparent"].split("-")
+    assert trace_id == tags["_dd.p.tid"] + f"{int(headers['x-datadog-trace-id']):016x}" and int(span_id, 16) > 0
+    assert headers["tracestate"] == f"dd=p:0000000000000000;t.llmobs_sid:{SESSION_ID}"
 
 
 async def test_no_session_leaves_the_trace_as_it_came(proxy: Any, upstream: Upstream) -> None:
@@ -128,14 +132,14 @@ def test_a_w3c_only_context_gets_the_session_in_tracestate() -> None:
 
 def test_tags_over_the_length_limit_are_left_as_they_came() -> None:
     long_tags = b"_dd.p.x=" + b"a" * (MAX_TAGS_LENGTH - 20)
-    assert with_tag(long_tags, b"_dd.p.llmobs_sid", SESSION_ID.encode()) is None
+    assert tags_with_session(long_tags, SESSION_ID.encode()) == long_tags
     result = propagate(index({"x-datadog-trace-id": "42", "x-datadog-tags": long_tags.decode()}), SESSION_ID)
     assert result.headers[b"x-datadog-tags"] == long_tags
 
 
 @given(st.lists(st.from_regex(r"[a-z0-9_.]{1,8}=[a-z0-9:;_.-]{0,12}", fullmatch=True), max_size=40))
 def test_tracestate_keeps_other_vendors_and_one_dd_member(members: list[str]) -> None:
-    state = with_dd_member([",".join(members).encode()], b"t.llmobs_sid", SESSION_ID.encode())
+    state = tracestate_with_session([",".join(members).encode()], SESSION_ID.encode())
     assert state is not None
     parts = state.split(b",")
     assert parts[0].startswith(b"dd=") and parts[0].endswith(SESSION_ID.encode())
