@@ -5,24 +5,21 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from config.settings import Settings
 from proxy.flow import WriteBatch
 from proxy.headers import ForwardRules
+from proxy.inspection import InspectBudget
 from proxy.log import log_request
 from proxy.metrics import Metrics
+from proxy.ports import Abortable, FinishedExchange, GoingAway
 from proxy.session import Extraction, SessionExtractor
 from proxy.trace_context import propagate
 from proxy.tracing import Tracing
 from proxy.upstream import UpstreamPool
-
-if TYPE_CHECKING:
-    from proxy.forward import Exchange
-    from proxy.server import ClientConnection
-    from proxy.websocket import Tunnel
 
 logger = structlog.get_logger()
 
@@ -63,8 +60,54 @@ class LogLimiter:
         return {"suppressed": count} if count else {}
 
 
+class Limits:
+    """Every bound and timeout of the forwarding core, fixed at startup (seconds and bytes)."""
+
+    __slots__ = (
+        "max_in_flight",
+        "max_client_connections",
+        "max_header_bytes",
+        "max_headers",
+        "max_inspect",
+        "body_timeout",
+        "idle_timeout",
+        "header_timeout",
+        "keepalive_timeout",
+        "send_timeout",
+        "linger",
+        "ws_max_frame",
+        "tick",
+    )
+
+    def __init__(self, settings: Settings) -> None:
+        self.max_in_flight = settings.max_connections
+        self.max_client_connections = settings.max_client_connections
+        self.max_header_bytes = settings.max_header_bytes
+        self.max_headers = settings.max_headers
+        self.max_inspect = settings.max_inspect_bytes
+        self.body_timeout = settings.body_read_timeout_seconds
+        self.idle_timeout = settings.idle_timeout_seconds
+        self.header_timeout = settings.header_read_timeout_seconds
+        self.keepalive_timeout = settings.keepalive_timeout_seconds
+        self.send_timeout = settings.send_timeout_seconds
+        self.linger = settings.linger_seconds
+        self.ws_max_frame = settings.ws_max_message_bytes
+        # Each connection checks its deadlines this often: timeouts fire within a quarter of their value.
+        timeouts = [
+            self.header_timeout,
+            self.keepalive_timeout,
+            self.body_timeout,
+            self.idle_timeout,
+            self.send_timeout,
+        ]
+        if self.linger > 0:
+            timeouts.append(self.linger)
+        self.tick = min(max(min(timeouts) / 4, 0.01), 1.0)
+
+
 class Proxy:
-    """Everything a connection needs, resolved once at startup: the rules, the pool, the counters."""
+    """The services every connection uses, resolved once at startup (the rules, the pool, the counters, the
+    limits), and the registry of open connections and tunnels that shutdown drains."""
 
     def __init__(self, settings: Settings, *, tracing_enabled: bool = False) -> None:
         self.loop = asyncio.get_running_loop()
@@ -78,6 +121,7 @@ class Proxy:
             port,
             connect_timeout=settings.connect_timeout_seconds,
             keepalive_seconds=settings.upstream_keepalive_seconds,
+            max_head_bytes=settings.max_response_header_bytes,
             batch=self.batch,
         )
         self.extractor = SessionExtractor(
@@ -98,25 +142,14 @@ class Proxy:
         self.lifecycle = Lifecycle()
         self.tracing = Tracing(settings.apm_span and tracing_enabled)
         self.propagate_trace = settings.propagate_trace
-        self.max_in_flight = settings.max_connections
-        self.max_client_connections = settings.max_client_connections
-        self.max_header_bytes = settings.max_header_bytes
-        self.max_headers = settings.max_headers
-        self.max_inspect = settings.max_inspect_bytes
-        self.body_timeout = settings.body_read_timeout_seconds
-        self.idle_timeout = settings.idle_timeout_seconds
-        self.header_timeout = settings.header_read_timeout_seconds
-        self.keepalive_timeout = settings.keepalive_timeout_seconds
-        self.ws_max_frame = settings.ws_max_message_bytes
-        # Each connection checks its deadlines this often: timeouts fire within a quarter of their value.
-        timeouts = (self.header_timeout, self.keepalive_timeout, self.body_timeout, self.idle_timeout)
-        self.tick = min(max(min(timeouts) / 4, 0.01), 1.0)
-        self.idle_limit = self.keepalive_timeout  # how long an idle client connection stays open
+        self.limits = limits = Limits(settings)
+        self.inspect_budget = InspectBudget(settings.inspect_budget_bytes)
+        self.idle_limit = limits.keepalive_timeout  # how long an idle client connection stays open
         self.drain_started = 0.0
         self.in_flight = 0
         self.streams_by_function = self.metrics.track_open_streams(lambda: self.in_flight)
-        self.connections: set[ClientConnection] = set()
-        self.tunnels: set[Tunnel] = set()
+        self.connections: set[Abortable] = set()
+        self.tunnels: set[GoingAway] = set()
         self._bad_requests = LogLimiter()
         self._idle = asyncio.Event()
 
@@ -134,13 +167,13 @@ class Proxy:
                 return target if not self.base_path else self.base_path + b"/"
         return self.base_path + target
 
-    def tracing_start(self, exchange: Exchange) -> None:
+    def tracing_start(self, exchange: FinishedExchange) -> None:
         if self.tracing.enabled:
             head = exchange.head
             headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
             exchange.span = self.tracing.start(headers, head.method.decode(), exchange.path)
 
-    def trace_headers(self, exchange: Exchange, extraction: Extraction) -> dict[bytes, bytes]:
+    def trace_headers(self, exchange: FinishedExchange, extraction: Extraction) -> dict[bytes, bytes]:
         if self.tracing.enabled:
             source = str(extraction.source) if extraction.source is not None else None
             headers = self.tracing.propagate(exchange.span, extraction.session_id, source)  # type: ignore[arg-type]
@@ -151,7 +184,7 @@ class Proxy:
         exchange.log_trace_id = propagation.log_trace_id
         return propagation.headers
 
-    def exchange_finished(self, exchange: Exchange) -> None:
+    def exchange_finished(self, exchange: FinishedExchange) -> None:
         """The one place that counts and logs a finished request: one `request` line each."""
         if exchange.counted:
             self.in_flight -= 1
@@ -206,12 +239,12 @@ class Proxy:
         # An idle connection is not closed at once: a request its client is sending right now (or a new
         # connection's first request) would be lost in flight. It gets DRAIN_LINGER_SECONDS to send one, which is
         # answered with `Connection: close`; the periodic check closes it after that.
-        self.idle_limit = min(self.keepalive_timeout, DRAIN_LINGER_SECONDS)
+        self.idle_limit = min(self.limits.keepalive_timeout, DRAIN_LINGER_SECONDS)
         self.drain_started = self.loop.time()
         for tunnel in list(self.tunnels):
             tunnel.go_away()
 
-    def connection_closed(self, connection: ClientConnection) -> None:
+    def connection_closed(self, connection: Abortable) -> None:
         self.connections.discard(connection)
         if self.lifecycle.draining and not self.connections:
             self._idle.set()

@@ -1,37 +1,68 @@
-"""Flow control: a transport stops reading while any reason to wait holds, so memory stays bounded."""
+"""Flow control owned by each connection, a reset that is a reset, and the write batch that joins a turn's sends."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import Callable
 from typing import Protocol
 
 
-class ReadGate:
-    """Pauses a transport's reading while at least one named reason holds (the other side's full write buffer,
-    a pipelined request waiting its turn, a connect in progress); resumes when the last one clears."""
+class FlowControl:
+    """A connection's flow state, owned by the connection and outliving every request on it.
 
-    __slots__ = ("_transport", "_reasons")
+    Reading pauses while at least one named reason holds (the peer's full write buffer, a pipelined request waiting
+    its turn, a connect in progress) and resumes when the last one clears. `write_paused` is the transport's own
+    signal (pause_writing/resume_writing arrive once per crossing of the high-water mark): it is kept here, so an
+    exchange that starts later still sees it (uvicorn's FlowControl)."""
+
+    __slots__ = ("_transport", "_reasons", "write_paused", "write_paused_at")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._reasons: set[str] = set()
+        self.write_paused = False
+        self.write_paused_at = 0.0
 
-    def pause(self, reason: str) -> None:
+    def pause_reading(self, reason: str) -> None:
         if not self._reasons and not self._transport.is_closing():
             self._transport.pause_reading()
         self._reasons.add(reason)
 
-    def resume(self, reason: str) -> None:
+    def resume_reading(self, reason: str) -> None:
         if reason not in self._reasons:
             return
         self._reasons.discard(reason)
         if not self._reasons and not self._transport.is_closing():
             self._transport.resume_reading()
 
+    def resume_all(self) -> None:
+        if self._reasons:
+            self._reasons.clear()
+            if not self._transport.is_closing():
+                self._transport.resume_reading()
+
+    def reading_paused_for(self, reason: str) -> bool:
+        return reason in self._reasons
+
     @property
-    def paused(self) -> bool:
+    def reading_paused(self) -> bool:
         return bool(self._reasons)
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Close with a TCP reset, not a FIN: a peer reading until close must see an error, never a clean end."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass  # already gone: abort() below is all that is left
+    transport.abort()
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class Flushable(Protocol):

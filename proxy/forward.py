@@ -1,29 +1,27 @@
 """Relay one request to the upstream and its response back: the exchange between two connections.
 
-Errors are mapped here, once:
+An exchange is a state machine with one state per direction:
 
-- more requests in flight than RUM_PROXY_MAX_CONNECTIONS -> 503 `overloaded` (with Retry-After)
-- Transfer-Encoding other than `chunked` -> 501 `unsupported_transfer_encoding`; CONNECT -> 405
-- request body not received within the body-read timeout -> 408 `request_timeout`
-- upstream refused / reset / unreachable before answering -> 502 `upstream_unavailable`
-- connect timeout, or no response headers within the idle timeout -> 504 `upstream_timeout`
-- malformed upstream response (framing, control bytes, a 101 nobody asked for) -> 502 `upstream_protocol_error`,
-  and that upstream connection is discarded
-- upstream body cut, or idle timeout, after the response started -> the client connection is aborted so the
-  client sees a truncated response, never a clean end
-- client gone -> the upstream connection is closed at once (the agent's handler is cancelled); logged with
-  status 499, never answered
+    request:  INSPECTING (body held to look for the session ID) -> STREAMING (head sent, body relayed) -> SENT
+    response: WAITING -> STREAMING (head sent to the client) -> DONE (finished, counted and logged once)
+
+and one method per event. Framing decisions are the pure plans of proxy.http1; failures map through the one table in
+proxy.errors. Each timeout is charged to the side being waited for: the body-read timeout runs only while the
+proxy waits for the client's body (not while the upstream is slow to take it), the upstream's idle timeout only
+while it owes the proxy progress (taking the body, answering, streaming) and never while the client is not
+reading — that is the connection's send timeout.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Final
 from urllib.parse import parse_qsl
 
 import structlog
 
-from proxy.errors import error_response
+from proxy.app import Proxy
+from proxy.errors import CUT_KINDS, FAILURES, error_response
 from proxy.headers import (
     RequestHead,
     ResponseFraming,
@@ -31,19 +29,37 @@ from proxy.headers import (
     response_framing,
     upstream_request_head,
 )
+from proxy.http1 import (
+    BODY_NONE,
+    BODY_RECHUNK,
+    BODY_TUNNEL,
+    Refusal,
+    ResponsePlan,
+    check_request_head,
+    forwards_interim,
+    plan_response,
+    sends_continue,
+)
+from proxy.inspection import Inspection
+from proxy.ports import Downstream
 from proxy.session import INSPECTABLE_CODINGS, NOT_FOUND, Extraction, RequestParts, body_kind, inspectable_body
 from proxy.upstream import UpstreamConnectError, UpstreamConnection
 
-if TYPE_CHECKING:
-    from proxy.app import Proxy
-    from proxy.server import ClientConnection
-
 logger = structlog.get_logger()
 
-CLIENT_CLOSED_REQUEST = 499  # nginx's convention, for logs and metrics only: nothing is sent
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-_CHUNK_END = b"0\r\n\r\n"
-HELD_BYTES = 65_536  # most request bytes kept for a resend, or queued before the upstream connection exists
+CLIENT_CLOSED_REQUEST: Final = 499  # nginx's convention, for logs and metrics only: nothing is sent
+_CHUNK_END: Final = b"0\r\n\r\n"
+HELD_BYTES: Final = 65_536  # most request bytes kept for a resend, or queued before the upstream connection exists
+
+REQUEST_INSPECTING: Final = 0
+REQUEST_STREAMING: Final = 1
+REQUEST_SENT: Final = 2
+
+RESPONSE_WAITING: Final = 0
+RESPONSE_STREAMING: Final = 1
+RESPONSE_DONE: Final = 2
+
+_NO_PLAN: Final = ResponsePlan(BODY_NONE, False, b"close")
 
 
 class Exchange:
@@ -54,76 +70,80 @@ class Exchange:
         "proxy",
         "client",
         "head",
+        "http11",
+        "keep_alive",
+        "websocket",
         "started",
         "extraction",
         "status",
         "error",
         "log_trace_id",
-        "done",
         "logged",
         "counted",
-        "websocket",
         "upstream",
         "span",
+        "request_state",
+        "response_state",
+        "request_complete_seen",
         "_chunked_in",
         "_length_in",
-        "_inspecting",
-        "_kind",
-        "_buffer",
-        "_buffered",
-        "_request_complete",
-        "_request_sent",
+        "_inspection",
         "_pending",
         "_pending_size",
         "_replay",
         "_replay_size",
-        "_body_deadline",
         "_last_body",
-        "_response_started",
-        "_framing",
-        "_chunked_out",
-        "_keep_client",
-        "_keep_upstream",
         "_last_upstream",
+        "_plan",
+        "_framing",
+        "_keep_upstream",
     )
 
-    def __init__(self, proxy: Proxy, client: ClientConnection, head: RequestHead) -> None:
+    def __init__(
+        self, proxy: Proxy, client: Downstream, head: RequestHead, *, http11: bool, keep_alive: bool, websocket: bool
+    ) -> None:
         self.proxy = proxy
         self.client = client
         self.head = head
+        self.http11 = http11
+        self.keep_alive = keep_alive  # what the client asked for on this request
+        self.websocket = websocket
         self.started = time.monotonic()
         self.extraction: Extraction = NOT_FOUND
         self.status = CLIENT_CLOSED_REQUEST
         self.error: str | None = None
         self.log_trace_id: str | None = None
-        self.done = False
         self.logged = False  # the request line is written by someone else (a rate-limited bad_request line)
         self.counted = False
-        self.websocket = False
         self.upstream: UpstreamConnection | None = None
         self.span: object | None = None
-        # request side
+        self.request_state = REQUEST_STREAMING
+        self.response_state = RESPONSE_WAITING
+        self.request_complete_seen = False  # the client's whole request (body included) has been read
         self._chunked_in = False
         self._length_in: int | None = None
-        self._inspecting = False
-        self._kind: str | None = None
-        self._buffer: list[bytes] = []
-        self._buffered = 0
-        self._request_complete = False
-        self._request_sent = False  # the whole request, body included, went upstream
+        self._inspection: Inspection | None = None
         self._pending: list[bytes] | None = None  # written before the upstream connection exists
         self._pending_size = 0
         self._replay: list[bytes] | None = []  # the whole request while small enough to resend on a stale pool hit
         self._replay_size = 0
-        self._body_deadline = 0.0
-        self._last_body = 0.0
-        # response side
-        self._response_started = False
+        self._last_body = self.started
+        self._last_upstream = self.started
+        self._plan = _NO_PLAN
         self._framing = ResponseFraming("none")
-        self._chunked_out = False
-        self._keep_client = False
         self._keep_upstream = False
-        self._last_upstream = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.response_state == RESPONSE_DONE
+
+    @property
+    def response_started(self) -> bool:
+        return self.response_state != RESPONSE_WAITING
+
+    @property
+    def path(self) -> str:
+        return self.head.target.partition(b"?")[0].decode("latin-1")
 
     # ---- request side: called by the client connection
 
@@ -135,17 +155,17 @@ class Exchange:
             proxy.metrics.open_streams.inc()
         proxy.tracing_start(self)
         codings = head.transfer_codings
-        if proxy.in_flight > proxy.max_in_flight:
-            self.fail(503, "overloaded", "too many requests in flight", retry_after=1)
+        hosts = head.index.get(b"host")
+        absolute = head.target.startswith((b"http://", b"https://"))
+        refusal = check_request_head(head.method, self.http11, len(hosts) if hosts else 0, codings, absolute)
+        if refusal is not None:
+            if refusal.status != 405:  # malformed: counted and logged with the others (rate-limited)
+                self.logged = True
+                proxy.log_bad_request(refusal.status, refusal.error, refusal.reason)
+            self.refuse(refusal)
             return
-        if codings and codings != [b"chunked"]:
-            # Counted and logged with the malformed requests (rate-limited), not as a request line.
-            self.logged = True
-            proxy.log_bad_request(501, "unsupported_transfer_encoding", "transfer coding other than chunked")
-            self.fail(501, "unsupported_transfer_encoding", "only the chunked transfer coding is supported")
-            return
-        if head.method == b"CONNECT":
-            self.fail(405, "method_not_allowed", "CONNECT is not supported by a reverse proxy")
+        if proxy.in_flight > proxy.limits.max_in_flight:
+            self.fail("overloaded", "too many requests in flight", retry_after=1)
             return
         self._chunked_in = bool(codings)
         length = head.get(b"content-length")
@@ -154,16 +174,14 @@ class Exchange:
         if self.websocket:
             self._send_head(self._find_session(None), framing=None)
             return
-        expect = head.get(b"expect")
-        if has_body and expect is not None and expect.strip().lower() == b"100-continue":
+        if sends_continue(self.http11, has_body, head.get(b"expect")):
             self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        now = time.monotonic()
-        self._last_body = now
         if has_body and proxy.extractor.inspects_body:
-            reason = self._not_inspected_reason()
-            if reason is None:
-                self._inspecting = True
-                self._body_deadline = now + proxy.body_timeout
+            reason, kind = self._not_inspected_reason()
+            if reason is None and kind is not None:
+                deadline = self.started + proxy.limits.body_timeout
+                self._inspection = Inspection(kind, proxy.inspect_budget, proxy.limits.max_inspect, deadline)
+                self.request_state = REQUEST_INSPECTING
                 return
             logger.debug("body_not_inspected", reason=reason, path=self.path)
         # Whatever framing the client announced goes upstream, `Content-Length: 0` of an empty POST included
@@ -171,56 +189,56 @@ class Exchange:
         announced = self._chunked_in or self._length_in is not None
         self._send_head(self._find_session(None), framing=self._streamed_framing() if announced else None)
 
-    def _not_inspected_reason(self) -> str | None:
+    def _not_inspected_reason(self) -> tuple[str | None, str | None]:
         head = self.head
         content_type = head.get(b"content-type")
-        self._kind = body_kind(content_type.decode("latin-1") if content_type else None)
-        if self._kind is None:
-            return "content_type"
-        if self._length_in is not None and self._length_in > self.proxy.max_inspect:
-            return "too_large"
+        kind = body_kind(content_type.decode("latin-1") if content_type else None)
+        if kind is None:
+            return "content_type", None
+        if self._length_in is not None and self._length_in > self.proxy.limits.max_inspect:
+            return "too_large", kind
         encoding = head.get(b"content-encoding")
         if encoding is not None and encoding.strip().lower() not in INSPECTABLE_CODINGS:
-            return "content_encoding"
-        return None
+            return "content_encoding", kind
+        return None, kind
 
     def receive_body(self, chunk: bytes) -> None:
-        if self.done:
+        if self.response_state == RESPONSE_DONE:
             return
         self._last_body = time.monotonic()
-        if self._inspecting:
-            self._buffer.append(chunk)
-            self._buffered += len(chunk)
-            if self._buffered > self.proxy.max_inspect:
-                logger.debug("body_not_inspected", reason="too_large", path=self.path)
-                self._inspecting = False
-                self._send_head(self._find_session(None), framing=self._streamed_framing())
-                for part in self._buffer:
-                    self._send_body(part)
-                self._buffer = []
-            return
+        inspection = self._inspection
+        if inspection is not None:
+            reason = inspection.add(chunk)
+            if reason is None:
+                return
+            logger.debug("body_not_inspected", reason=reason, path=self.path)
+            self._inspection = None
+            self.request_state = REQUEST_STREAMING
+            self._send_head(self._find_session(None), framing=self._streamed_framing())
+            for part in inspection.take():
+                self._send_body(part)
         self._send_body(chunk)
 
     def request_complete(self) -> None:
-        self._request_complete = True
-        if self.done:
+        self.request_complete_seen = True
+        if self.response_state == RESPONSE_DONE:
             return
-        if self._inspecting:
-            self._inspecting = False
-            body = b"".join(self._buffer)
-            self._buffer = []
+        inspection = self._inspection
+        if inspection is not None:
+            self._inspection = None
+            body = b"".join(inspection.take())
             encoding = self.head.get(b"content-encoding")
-            plain = inspectable_body(body, encoding, self.proxy.max_inspect)
+            plain = inspectable_body(body, encoding, self.proxy.limits.max_inspect)
             if plain is None:
                 logger.debug("body_not_inspected", reason="undecodable", path=self.path)
-            self._send_head(self._find_session((plain, self._kind)), framing=b"content-length: %d" % len(body))
+            self.request_state = REQUEST_STREAMING
+            self._send_head(self._find_session((plain, inspection.kind)), framing=b"content-length: %d" % len(body))
             if body:
                 self._write_upstream(body)
-            self._request_sent = True
-            return
-        if self._chunked_in:
+        elif self._chunked_in:
             self._write_upstream(_CHUNK_END)
-        self._request_sent = True
+        self.request_state = REQUEST_SENT
+        self._last_upstream = time.monotonic()  # from now on the upstream owes the answer
 
     def _streamed_framing(self) -> bytes:
         if self._chunked_in:
@@ -269,24 +287,37 @@ class Exchange:
         proxy.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
+        pool = self.proxy.pool
         try:
-            connection = await self.proxy.pool.connect()
+            connection = await pool.connect()
         except UpstreamConnectError as exc:
-            if not self.done:
-                self.upstream_failed(504 if exc.timeout else 502, "timeout" if exc.timeout else "connect", str(exc))
+            if self.response_state == RESPONSE_WAITING:
+                self.upstream_failed("connect_timeout" if exc.timeout else "connect", str(exc))
             return
-        if self.done:
-            self.proxy.pool.release(connection)
+        if self.response_state != RESPONSE_WAITING:
+            pool.release(connection)
             return
         self._use(connection)
         pending, self._pending = self._pending or [], None
         self._pending_size = 0
         connection.write(b"".join(pending))
-        self.client.gate.resume("connect")
+        self.client.flow.resume_reading("connect")
 
     def _use(self, connection: UpstreamConnection) -> None:
+        """Pair the two connections' flow state as it is now: a pause signalled before this exchange still holds."""
         self.upstream = connection
         connection.attach(self)
+        if self.client.flow.write_paused:
+            connection.flow.pause_reading("client")
+        if connection.flow.write_paused:
+            self.client.flow.pause_reading("upstream")
+
+    def _detach(self) -> UpstreamConnection | None:
+        connection, self.upstream = self.upstream, None
+        if connection is not None:
+            connection.flow.resume_reading("client")
+            self.client.flow.resume_reading("upstream")
+        return connection
 
     def _write_upstream(self, data: bytes) -> None:
         if self._replay is not None:
@@ -298,7 +329,7 @@ class Exchange:
             self._pending.append(data)
             self._pending_size += len(data)
             if self._pending_size > HELD_BYTES:
-                self.client.gate.pause("connect")
+                self.client.flow.pause_reading("connect")
             return
         if self.upstream is not None:
             self.upstream.write(data)
@@ -306,102 +337,100 @@ class Exchange:
     # ---- response side: called by the upstream connection
 
     def on_response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep: bool) -> None:
-        if self.done:
+        if self.response_state != RESPONSE_WAITING:
             return
         self._last_upstream = time.monotonic()
         client = self.client
         if status < 200 and status != 101:
-            if status != 100 and client.http11:  # 103 Early Hints and the like reach the client (RFC 9110 §15.2)
-                client.write(
-                    downstream_response_head(
-                        status, reason, headers, framing=ResponseFraming("none"), chunked_to_client=False
-                    )
-                )
+            if forwards_interim(status, self.http11):  # 103 Early Hints and the like (RFC 9110 §15.2)
+                client.write(downstream_response_head(status, reason, headers, framing=ResponseFraming("none")))
             return
         if status == 101 and not self.websocket:
-            self.upstream_failed(502, "protocol", "upstream switched protocols unasked")
+            self.upstream_failed("protocol", "upstream switched protocols unasked")
             return
         try:
             self._framing = framing = response_framing(status, self.head.method, headers)
-        except ValueError:
-            self.upstream_failed(502, "protocol", "malformed upstream response: bad Content-Length")
+        except ValueError as exc:
+            self.upstream_failed("protocol", f"malformed upstream response: {exc}")
             return
+        plan = plan_response(
+            status,
+            framing.kind,
+            http11=self.http11,
+            keep_alive=self.keep_alive,
+            request_complete=self.request_complete_seen,
+            draining=self.proxy.draining,
+        )
+        if framing.codings and plan.body != BODY_RECHUNK:
+            # A transfer coding other than chunked (gzip, chunked) can only reach an HTTP/1.1 client.
+            self.upstream_failed("protocol", "transfer coding an HTTP/1.0 client cannot receive")
+            return
+        self._plan = plan
         self.status = status
-        self._response_started = True
-        self._chunked_out = framing.kind in ("chunked", "eof") and client.http11
-        # A body that ends when the upstream closes ends the client connection too.
-        self._keep_client = client.keep_alive and framing.kind != "eof" and not self.proxy.draining and status != 101
-        out = downstream_response_head(status, reason, headers, framing=framing, chunked_to_client=self._chunked_out)
-        if not self._keep_client and status != 101:
-            out = out[:-2] + b"connection: close\r\n\r\n"
-        elif not client.http11:
-            out = out[:-2] + b"connection: keep-alive\r\n\r\n"
-        client.write(out)
-        if framing.kind == "none" and status != 101:
+        self.response_state = RESPONSE_STREAMING
+        client.write(downstream_response_head(status, reason, headers, framing=framing, plan=plan))
+        if plan.body == BODY_NONE:
             if self.head.method == b"HEAD" and self.upstream is not None:
                 self.upstream.skip_body()
             self._response_done(keep)
-        else:
+        elif plan.body != BODY_TUNNEL:
             self._keep_upstream = keep
 
     def on_response_body(self, chunk: bytes) -> None:
-        if self.done:
+        if self.response_state != RESPONSE_STREAMING:
             return
         self._last_upstream = time.monotonic()
-        if self._chunked_out:
+        if self._plan.body == BODY_RECHUNK:
             self.client.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         else:
             self.client.write(chunk)
 
     def on_response_complete(self) -> None:
-        if self.done or not self._response_started or self._framing.kind == "none":
+        if self.response_state != RESPONSE_STREAMING or self._plan.body in (BODY_NONE, BODY_TUNNEL):
             return
-        if self._chunked_out:
+        if self._plan.body == BODY_RECHUNK:
             self.client.write(_CHUNK_END)
         self._response_done(self._keep_upstream)
 
     def _response_done(self, upstream_keep: bool) -> None:
-        connection, self.upstream = self.upstream, None
+        connection = self._detach()
         if connection is not None:
-            if upstream_keep and self._request_sent:
+            if upstream_keep and self.request_state == REQUEST_SENT:
                 self.proxy.pool.release(connection)
             else:
                 connection.discard()
         self._finish()
-        # A client whose body was not read to its end cannot be reused: the rest would be read as a request.
-        self.client.exchange_done(self, self._keep_client and self._request_complete)
+        self.client.exchange_done(self, self._plan.keep_client, not self.request_complete_seen)
 
     def on_upgraded(self, rest: bytes) -> None:
-        connection, self.upstream = self.upstream, None
-        if self.done or connection is None or self.status != 101:
+        connection = self._detach()
+        if self.response_state != RESPONSE_STREAMING or connection is None or self._plan.body != BODY_TUNNEL:
             if connection is not None:
                 connection.discard()
             return
         self.client.start_tunnel(self, connection, rest)
 
-    def on_upstream_error(self, detail: str) -> None:
-        self.upstream_failed(502, "protocol", f"malformed upstream response: {detail}")
+    def on_upstream_error(self, kind: str, detail: str) -> None:
+        self.upstream_failed(kind, detail)
 
     def on_upstream_lost(self, exc: Exception | None) -> None:
-        connection, self.upstream = self.upstream, None
-        if self.done:
+        connection = self._detach()
+        if self.response_state == RESPONSE_DONE:
             return
-        if self._response_started:
-            if self._framing.kind == "eof":  # the close is the end of this body
-                if self._chunked_out:
+        if self.response_state == RESPONSE_STREAMING:
+            if self._framing.kind == "eof" and exc is None:  # a clean close is the end of this body
+                if self._plan.body == BODY_RECHUNK:
                     self.client.write(_CHUNK_END)
                 self._finish()
-                self.client.exchange_done(self, self._keep_client and self._request_complete)
+                self.client.exchange_done(self, self._plan.keep_client, not self.request_complete_seen)
                 return
             self._cut("truncated", "upstream closed the connection in the middle of the response")
             return
         if (
             connection is not None
-            and connection.used
-            and not connection.got_bytes
             and self._replay is not None
-            and self._request_sent
-            and self.head.method in IDEMPOTENT
+            and self.request_state == REQUEST_SENT
+            and self.proxy.pool.may_replay(connection, self.head.method)
         ):
             # A pooled connection the upstream closed just as we reused it: send the request once more.
             self._pending = list(self._replay)
@@ -409,107 +438,125 @@ class Exchange:
             self.proxy.loop.create_task(self._connect())
             return
         detail = f"upstream {self.proxy.pool.address} closed the connection before answering"
-        self.upstream_failed(502, "disconnected", detail)
+        self.upstream_failed("disconnected", detail)
 
     def on_tunnel_data(self, data: bytes) -> None:  # only tunnels get bytes after the upgrade
         pass
 
     def upstream_writable(self, writable: bool) -> None:
         if writable:
-            self.client.gate.resume("upstream")
+            self._last_upstream = time.monotonic()  # the upstream took our bytes: progress
+            self.client.flow.resume_reading("upstream")
         else:
-            self.client.gate.pause("upstream")
+            self.client.flow.pause_reading("upstream")
 
     def client_writable(self, writable: bool) -> None:
         connection = self.upstream
-        if connection is not None and connection.gate is not None:
+        if connection is not None:
             if writable:
-                connection.gate.resume("client")
+                self._last_upstream = time.monotonic()  # the upstream's silence while we held it is not its fault
+                connection.flow.resume_reading("client")
             else:
-                connection.gate.pause("client")
+                connection.flow.pause_reading("client")
 
     # ---- endings
 
-    def upstream_failed(self, status: int, kind: str, detail: str) -> None:
+    def upstream_failed(self, kind: str, detail: str) -> None:
         """The upstream failed: answer with an error, or cut the response if it already started."""
-        error = {502: "upstream_unavailable", 504: "upstream_timeout"}[status]
-        if kind == "protocol":
-            error = "upstream_protocol_error"
-        if self._response_started:
+        if self.response_state == RESPONSE_DONE:
+            return
+        if self.response_state == RESPONSE_STREAMING:
             self._cut(kind, detail)
             return
-        self.proxy.metrics.upstream_errors.labels(kind).inc()
-        logger.warning("upstream_error", kind=kind, detail=detail, path=self.path)
-        self.fail(status, error, detail)
+        failure = FAILURES[kind]
+        if failure.metric_kind is not None:
+            self.proxy.metrics.upstream_errors.labels(failure.metric_kind).inc()
+        logger.warning("upstream_error", kind=failure.metric_kind or kind, detail=detail, path=self.path)
+        self.fail(kind, detail)
 
     def _cut(self, kind: str, detail: str) -> None:
-        """The response already started: count the failure (a protocol error or a timeout as such, anything
-        else as `truncated`) and abort the client connection."""
-        self.error = f"upstream_body_{'timeout' if kind == 'timeout' else 'truncated'}"
-        self.proxy.metrics.upstream_errors.labels(kind if kind in ("timeout", "protocol") else "truncated").inc()
-        logger.warning("upstream_body_cut", kind=kind, detail=detail, path=self.path)
+        """The response already started: count the failure and reset the client connection."""
+        metric_kind, error = CUT_KINDS.get(kind, ("truncated", "upstream_body_truncated"))
+        self.error = error
+        self.proxy.metrics.upstream_errors.labels(metric_kind).inc()
+        logger.warning("upstream_body_cut", kind=metric_kind, detail=detail, path=self.path)
         self._drop_upstream()
         self._finish()
         self.client.abort()
 
-    def fail(self, status: int, error: str, message: str, *, retry_after: int | None = None) -> None:
-        """Answer with the proxy's own error (the response has not started) and close the client connection."""
-        self.status, self.error = status, error
-        self._drop_upstream()
-        self.client.write(error_response(status, error, message, retry_after=retry_after))
-        self._finish()
-        self.client.exchange_done(self, False)
+    def fail(self, kind: str, message: str, *, retry_after: int | None = None) -> None:
+        """Answer with the proxy's own error for a failure of the table (the response has not started)."""
+        failure = FAILURES[kind]
+        self.refuse(Refusal(failure.status, failure.error, message), retry_after=retry_after)
 
-    def client_gone(self) -> None:
-        if self.done:
+    def refuse(self, refusal: Refusal, *, retry_after: int | None = None) -> None:
+        """Answer with the proxy's own error and close the client connection (the response has not started)."""
+        if self.response_state != RESPONSE_WAITING:
+            return
+        self.status, self.error = refusal.status, refusal.error
+        self._drop_upstream()
+        if self._pending is not None:
+            self._pending = None
+            self.client.flow.resume_reading("connect")
+        self.client.write(error_response(refusal.status, refusal.error, refusal.reason, retry_after=retry_after))
+        self._finish()
+        self.client.exchange_done(self, False, not self.request_complete_seen)
+
+    def client_gone(self, error: str | None = None) -> None:
+        if self.response_state == RESPONSE_DONE:
             return
         if self.status != 101:
             self.status = CLIENT_CLOSED_REQUEST
+        if error is not None:
+            self.error = error
         self._drop_upstream()
         self._finish()
 
     def _drop_upstream(self) -> None:
-        connection, self.upstream = self.upstream, None
+        connection = self._detach()
         if connection is not None:
             connection.discard()
 
     def check_deadlines(self, now: float) -> None:
-        """Called by the client connection's periodic check: the body-read and upstream-idle timeouts."""
-        if self.done:
+        """Called by the client connection's periodic check (never while the client is not reading: that is the
+        connection's send timeout): the timeout of whichever side the exchange is waiting for."""
+        if self.response_state == RESPONSE_DONE:
             return
-        proxy = self.proxy
-        if self._inspecting:
-            if now >= self._body_deadline:
-                self.fail(408, "request_timeout", "the request body did not arrive in time")
+        limits = self.proxy.limits
+        flow = self.client.flow
+        upstream_blocked = flow.reading_paused_for("upstream") or flow.reading_paused_for("connect")
+        if self.request_state != REQUEST_SENT and not upstream_blocked and self.response_state == RESPONSE_WAITING:
+            inspection = self._inspection
+            if inspection is not None:
+                late = now >= inspection.deadline
+            else:
+                late = now - self._last_body >= limits.body_timeout
+            if late:
+                self.fail("body_timeout", "the request body did not arrive in time")
+            return  # waiting for the client, not the upstream
+        if now - self._last_upstream < limits.idle_timeout:
             return
-        if not self._request_complete and not self._response_started and now - self._last_body >= proxy.body_timeout:
-            self.fail(408, "request_timeout", "the request body did not arrive in time")
-            return
-        if now - self._last_upstream < proxy.idle_timeout:
-            return
-        if self._response_started:
-            self._cut("timeout", f"upstream silent for {proxy.idle_timeout:g} s in the middle of the response")
+        if self.response_state == RESPONSE_STREAMING:
+            detail = f"upstream silent for {limits.idle_timeout:g} s in the middle of the response"
+            self._cut("response_timeout", detail)
+        elif self.request_state != REQUEST_SENT:
+            self.upstream_failed("response_timeout", f"upstream took no request bytes for {limits.idle_timeout:g} s")
         else:
-            detail = f"upstream {proxy.pool.address} sent no response within {proxy.idle_timeout:g} s"
-            self.upstream_failed(504, "timeout", detail)
+            detail = f"upstream {self.proxy.pool.address} sent no response within {limits.idle_timeout:g} s"
+            self.upstream_failed("response_timeout", detail)
 
     def _finish(self) -> None:
-        if self.done:
+        if self.response_state == RESPONSE_DONE:
             return
-        self.done = True
+        self.response_state = RESPONSE_DONE
+        inspection, self._inspection = self._inspection, None
+        if inspection is not None:
+            inspection.take()  # its bytes go back to the process budget
         proxy = self.proxy
         proxy.batch.after(lambda: proxy.exchange_finished(self))  # counted and logged once its bytes are sent
 
     def tunnel_finished(self) -> None:
         self._finish()
-
-    @property
-    def response_started(self) -> bool:
-        return self._response_started
-
-    @property
-    def path(self) -> str:
-        return self.head.target.partition(b"?")[0].decode("latin-1")
 
 
 class _Query:

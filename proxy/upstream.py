@@ -1,7 +1,8 @@
 """Connections to the upstream: a keep-alive pool, and the protocol that parses each response with llhttp.
 
 A connection goes back to the pool only after a cleanly framed response to a fully sent request; any error,
-early close or unread body discards it.
+early close, unread body or byte after the response's end discards it. The pool owns connecting and the decision to
+send an idempotent request once more when a reused connection turns out to be closed.
 """
 
 from __future__ import annotations
@@ -9,24 +10,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from typing import Protocol, cast
+from typing import Final, cast
 
 import httptools
 
-from proxy.flow import ReadGate, WriteBatch
+from proxy.flow import FlowControl, WriteBatch
+from proxy.ports import ResponseListener
 
-
-class ResponseListener(Protocol):
-    """What an upstream connection reports to the exchange using it (see proxy/forward.py)."""
-
-    def on_response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep: bool) -> None: ...
-    def on_response_body(self, chunk: bytes) -> None: ...
-    def on_response_complete(self) -> None: ...
-    def on_upgraded(self, rest: bytes) -> None: ...
-    def on_upstream_error(self, detail: str) -> None: ...
-    def on_upstream_lost(self, exc: Exception | None) -> None: ...
-    def on_tunnel_data(self, data: bytes) -> None: ...
-    def upstream_writable(self, writable: bool) -> None: ...
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -35,7 +26,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.gate: ReadGate | None = None
+        self.flow: FlowControl = None  # type: ignore[assignment]  # set in connection_made
         self.listener: ResponseListener | None = None
         self.closed = False
         self.reusable = True
@@ -48,12 +39,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._skip_body = False
         self._out: list[bytes] = []
+        self._in_head = False  # between attach and the end of the response head: its bytes are counted
+        self._head_bytes = 0
+        self._answered = False  # the response for the current listener is complete; any further byte is stray
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
-        self.gate = ReadGate(self.transport)
+        self.flow = FlowControl(self.transport)
 
     def data_received(self, data: bytes) -> None:
         listener = self.listener
@@ -64,6 +58,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.discard()
             return
         self.got_bytes = True
+        if self._in_head:
+            self._head_bytes += len(data)
         batch = self.pool.batch
         batch.depth += 1
         try:
@@ -74,12 +70,20 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.reusable = False
             if self.listener is not None:
-                self.listener.on_upstream_error(_parser_reason(exc))
+                self.listener.on_upstream_error("protocol", f"malformed upstream response: {_parser_reason(exc)}")
+        else:
+            # Counted as they arrive, not when a field ends: llhttp would hold an endless header line in memory.
+            if self._in_head and self._head_bytes > self.pool.max_head_bytes and self.listener is not None:
+                self.reusable = False
+                limit = self.pool.max_head_bytes
+                self.listener.on_upstream_error("response_head_too_large", f"upstream response head over {limit} bytes")
         finally:
             batch.end()
         if self._skip_body:  # a HEAD response: llhttp would wait for the body its Content-Length announces
             self._skip_body = False
             self._parser = httptools.HttpResponseParser(self)
+        if not self.reusable and self.listener is None:
+            self.discard()  # stray bytes after a response: never hand this connection to another request
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost reports it
@@ -92,16 +96,20 @@ class UpstreamConnection(asyncio.Protocol):
             listener.on_upstream_lost(exc)
 
     def pause_writing(self) -> None:
+        self.flow.write_paused = True
         if self.listener is not None:
             self.listener.upstream_writable(False)
 
     def resume_writing(self) -> None:
+        self.flow.write_paused = False
         if self.listener is not None:
             self.listener.upstream_writable(True)
 
     # httptools callbacks
 
     def on_message_begin(self) -> None:
+        if self._answered:
+            self.reusable = False  # a second response nobody asked for, or stray bytes: out of step
         self._reason = b""
         self._headers = []
 
@@ -112,7 +120,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        if self.listener is not None:
+        status = self._parser.get_status_code()
+        if status >= 200 or status == 101:
+            self._in_head = False
+        else:
+            self._head_bytes = 0  # an interim response: the final head is counted on its own
+        if self.listener is not None and self.reusable:
             keep = self._parser.should_keep_alive()
             self.listener.on_response_head(self._parser.get_status_code(), self._reason, self._headers, keep)
 
@@ -123,6 +136,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.reusable = False
 
     def on_message_complete(self) -> None:
+        if self._parser.get_status_code() < 200 and self._parser.get_status_code() != 101:
+            return  # llhttp ends an interim response as a message of its own
+        self._answered = True
         if self.listener is not None:
             self.listener.on_response_complete()
 
@@ -131,6 +147,9 @@ class UpstreamConnection(asyncio.Protocol):
     def attach(self, listener: ResponseListener) -> None:
         self.listener = listener
         self.got_bytes = False
+        self._answered = False
+        self._in_head = True
+        self._head_bytes = 0
 
     def skip_body(self) -> None:
         """The response to HEAD has no body whatever its framing headers say; the next bytes are a new response."""
@@ -170,9 +189,17 @@ class UpstreamPool:
     keep-alive timeout would close them under a request."""
 
     def __init__(
-        self, host: str, port: int, *, connect_timeout: float, keepalive_seconds: float, batch: WriteBatch
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float,
+        keepalive_seconds: float,
+        max_head_bytes: int,
+        batch: WriteBatch,
     ) -> None:
         self.batch = batch
+        self.max_head_bytes = max_head_bytes
         self.host, self.port = host, port
         self.address = f"{host}:{port}"
         self._connect_timeout = connect_timeout
@@ -187,6 +214,9 @@ class UpstreamPool:
         while self._idle:
             connection = self._idle.pop()
             if connection.closed or connection.transport is None or connection.transport.is_closing():
+                continue
+            if not connection.reusable:
+                connection.discard()
                 continue
             if now - connection.idle_since >= self._keepalive:
                 connection.discard()
@@ -224,6 +254,12 @@ class UpstreamPool:
         self._idle.append(connection)
         if self._sweeper is None:
             self._sweeper = self._loop.call_later(self._keepalive, self._sweep)
+
+    @staticmethod
+    def may_replay(connection: UpstreamConnection, method: bytes) -> bool:
+        """A reused connection the upstream closed before a byte of the answer: the request (idempotent, fully
+        sent, small enough to have been held) is sent once more on a new connection (RFC 9110 §9.2.2)."""
+        return connection.used and not connection.got_bytes and method in IDEMPOTENT
 
     def forget(self, connection: UpstreamConnection) -> None:
         self._all.discard(connection)

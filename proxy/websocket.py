@@ -10,15 +10,13 @@ from __future__ import annotations
 import os
 import struct
 import time
-from typing import TYPE_CHECKING
 
 import structlog
 
-if TYPE_CHECKING:
-    from proxy.app import Proxy
-    from proxy.forward import Exchange
-    from proxy.server import ClientConnection
-    from proxy.upstream import UpstreamConnection
+from proxy.app import Proxy
+from proxy.forward import Exchange
+from proxy.ports import Downstream
+from proxy.upstream import UpstreamConnection
 
 logger = structlog.get_logger()
 
@@ -101,16 +99,21 @@ def _payload_length(header: bytes) -> int:
 class Tunnel:
     """Relays a WebSocket between the client connection and its own upstream connection (never pooled)."""
 
-    def __init__(self, proxy: Proxy, exchange: Exchange, client: ClientConnection, upstream: UpstreamConnection):
+    def __init__(self, proxy: Proxy, exchange: Exchange, client: Downstream, upstream: UpstreamConnection):
         self.proxy = proxy
         self.exchange = exchange
         self.client = client
         self.upstream = upstream
-        self.to_upstream = FrameTracker(proxy.ws_max_frame)
-        self.to_client = FrameTracker(proxy.ws_max_frame)
+        self.to_upstream = FrameTracker(proxy.limits.ws_max_frame)
+        self.to_client = FrameTracker(proxy.limits.ws_max_frame)
         self.closed = False
         self._going_away = False
-        upstream.listener = self  # type: ignore[assignment]  # the tunnel takes the upstream's events now
+        upstream.listener = self  # the tunnel takes the upstream's events now
+        # Pair the two connections' flow state as it is now: a pause signalled before the tunnel still holds.
+        if client.flow.write_paused:
+            upstream.flow.pause_reading("client")
+        if upstream.flow.write_paused:
+            client.flow.pause_reading("upstream")
         proxy.tunnels.add(self)
         proxy.metrics.open_websockets.inc()
         self.opened = time.monotonic()
@@ -167,12 +170,32 @@ class Tunnel:
         self._end(None)
 
     def client_writable(self, writable: bool) -> None:
-        gate = self.upstream.gate
-        if gate is not None:
-            (gate.resume if writable else gate.pause)("client")
+        flow = self.upstream.flow
+        (flow.resume_reading if writable else flow.pause_reading)("client")
 
     def upstream_writable(self, writable: bool) -> None:
-        (self.client.gate.resume if writable else self.client.gate.pause)("upstream")
+        flow = self.client.flow
+        (flow.resume_reading if writable else flow.pause_reading)("upstream")
+
+    def client_stalled(self) -> None:
+        """The client left the proxy's frames unread past the send timeout: the upstream is told 1001."""
+        self.client_lost()
+
+    # The rest of ResponseListener: a tunnel gets no HTTP events after the upgrade.
+    def on_response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep: bool) -> None:
+        pass
+
+    def on_response_body(self, chunk: bytes) -> None:
+        pass
+
+    def on_response_complete(self) -> None:
+        pass
+
+    def on_upgraded(self, rest: bytes) -> None:
+        pass
+
+    def on_upstream_error(self, kind: str, detail: str) -> None:
+        pass
 
     def _end(self, _code: int | None) -> None:
         self.closed = True

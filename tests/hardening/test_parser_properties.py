@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from config.settings import SessionSource
-from proxy.baggage import MAX_BYTES, MAX_MEMBERS, parse_baggage, with_session
+from proxy.baggage import MAX_BYTES, MAX_MEMBERS, parse_baggage, with_member
 from proxy.cookies import cookie_values, rum_session_from_cookies
 from proxy.headers import (
     HOP_BY_HOP,
@@ -27,6 +27,7 @@ from proxy.headers import (
     scan_request_head,
     upstream_request_head,
 )
+from proxy.http1 import BODY_PASS, ResponsePlan
 from proxy.session import RequestParts, SessionExtractor, json_field, validate_session_id
 from tests.hardening.conftest import FUZZ_DERANDOMIZE, FUZZ_EXAMPLES
 
@@ -42,6 +43,8 @@ TCHAR = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRST
 tokens = st.text(TCHAR, min_size=1, max_size=12)
 field_values = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30)
 session_ids = st.uuids().map(str)
+
+KEEP_PASS = ResponsePlan(BODY_PASS, True, None)
 
 
 RULES = ForwardRules(
@@ -78,7 +81,7 @@ def forward_headers(pairs: list[tuple[str, str]], session_id: str | None) -> lis
 def returned_headers(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The headers the proxy returns to the client for an upstream 200 with `pairs` and a 2-byte body."""
     raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs]
-    head = downstream_response_head(200, b"OK", raw, framing=ResponseFraming("length", 2), chunked_to_client=False)
+    head = downstream_response_head(200, b"OK", raw, framing=ResponseFraming("length", 2), plan=KEEP_PASS)
     return parse_head(head)
 
 
@@ -134,13 +137,6 @@ def test_cookie_values_reads_each_cookie(cookies: dict[str, str], data: st.DataO
 baggage_keys = tokens.filter(lambda key: key != "session.id")
 baggage_values = st.text(max_size=20).map(lambda value: quote(value, safe=""))
 members = st.lists(st.tuples(baggage_keys, baggage_values), max_size=70, unique_by=lambda pair: pair[0])
-
-
-def with_member(headers: list[str], key: str, session_id: str | None) -> str | None:
-    """The baggage the proxy forwards for `headers` (the adapter over proxy.baggage.with_session)."""
-    assert key == "session.id"
-    rewritten = with_session([h.encode() for h in headers], session_id.encode() if session_id else None)
-    return rewritten.decode() if rewritten is not None else None
 
 
 @fuzz
@@ -228,9 +224,7 @@ def test_the_body_lookup_agrees_with_a_json_parser(entries: list[tuple[str, obje
 
 # --- header rewriting ------------------------------------------------------------------------------------------
 HOP = {name.decode() for name in HOP_BY_HOP}
-PROXY_OWNED = {
-    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "via", "baggage", "expect", "host", SESSION_HEADER
-}  # fmt: skip
+PROXY_OWNED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "baggage", "expect", "host", SESSION_HEADER}
 header_names = st.one_of(
     tokens,
     st.sampled_from(["Connection", "Keep-Alive", "TE", "Upgrade", "Proxy-Connection", "HTTP2-Settings", "Host"]),

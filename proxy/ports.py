@@ -1,0 +1,68 @@
+"""The small interfaces the pieces of the forwarding core know each other by, so every import points one way:
+server (client connection) -> forward (exchange) -> upstream (pool, connection) and websocket (tunnel), all of them
+-> ports; app (the services and the registry) knows connections, exchanges and tunnels only through these."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from proxy.flow import FlowControl
+from proxy.headers import RequestHead
+from proxy.session import Extraction
+
+
+class ResponseListener(Protocol):
+    """What an upstream connection reports to the exchange (or tunnel) using it."""
+
+    def on_response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep: bool) -> None: ...
+    def on_response_body(self, chunk: bytes) -> None: ...
+    def on_response_complete(self) -> None: ...
+    def on_upgraded(self, rest: bytes) -> None: ...
+    def on_upstream_error(self, kind: str, detail: str) -> None: ...
+    def on_upstream_lost(self, exc: Exception | None) -> None: ...
+    def on_tunnel_data(self, data: bytes) -> None: ...
+    def upstream_writable(self, writable: bool) -> None: ...
+
+
+class Peer(Protocol):
+    """One side of an exchange or a tunnel: a connection whose flow state it owns."""
+
+    @property
+    def flow(self) -> FlowControl: ...
+    def write(self, data: bytes) -> None: ...
+
+
+class Downstream(Peer, Protocol):
+    """The client connection, as an exchange and a tunnel see it."""
+
+    @property
+    def remote(self) -> str | None: ...
+    def abort(self) -> None: ...
+    def exchange_done(self, exchange: object, keep_client: bool, linger: bool) -> None: ...
+    def start_tunnel(self, exchange: object, upstream: object, rest: bytes) -> None: ...
+    def tunnel_closed(self) -> None: ...
+
+
+class FinishedExchange(Protocol):
+    """What counting and logging a finished request reads."""
+
+    head: RequestHead
+    status: int
+    error: str | None
+    extraction: Extraction
+    started: float
+    counted: bool
+    logged: bool
+    span: object | None
+    log_trace_id: str | None
+
+    @property
+    def path(self) -> str: ...
+
+
+class Abortable(Protocol):
+    def abort(self) -> None: ...
+
+
+class GoingAway(Protocol):
+    def go_away(self) -> None: ...
