@@ -16,7 +16,7 @@ NODE_AGENT_STAMP := $(NODE_AGENT)/node_modules/.package-lock.json
 # Debian packages: apt-get as root, else sudo.
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: test lint typecheck unit compile clean-compiled browser-deps node-agent-deps otel-agent-deps demo screenshot bench soak fuzz clean
+.PHONY: test lint typecheck unit compile clean-compiled browser-deps node-agent-deps otel-agent-deps demo screenshot bench soak fuzz clean image-test
 
 $(STAMP): pyproject.toml setup.py
 	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required" >&2; exit 1; }
@@ -79,6 +79,13 @@ test: lint typecheck browser-deps node-agent-deps otel-agent-deps
 	$(MAKE) --no-print-directory compile
 	$(PY) -m pytest
 
+# The image built from the Dockerfile by podman and run for real: a pod with the example agent, the hook copier and
+# Datadog's test agent, then deploy/compose (tests/image/). As root it installs podman, buildah, runc, debootstrap
+# and podman-compose from Debian, configures them, and makes the Python base from Debian packages once per machine
+# (no registry is reachable here). CI runs it after `make test` (.ci/run).
+image-test: $(STAMP)
+	$(if $(filter 0,$(shell id -u)),,sudo) tests/image/run.sh $(PY)
+
 unit: $(COMPILED)
 	$(PY) -m pytest tests/proxy -m "not integration"
 
@@ -105,5 +112,19 @@ fuzz: $(COMPILED)
 	RUM_HARDENING_FUZZ_EXAMPLES=3000 $(PY) -m pytest -q tests/hardening/test_parser_properties.py \
 		tests/hardening/test_fuzz_requests.py
 
+# The release files in dist/: the sdist, the wheel built from it with the request path compiled (gcc and the Python
+# headers needed, as for `make compile`; RUM_LLMOBS_PROXY_PURE_PYTHON=0 fails rather than ship plain Python), and
+# SHA256SUMS over every file there (`cd dist && sha256sum -c SHA256SUMS`). DIST_EXTRA: more files to copy into dist/
+# and checksum with them, e.g. the image archive (`make dist DIST_EXTRA=rum-llmobs-proxy-image.tar`).
+DIST_EXTRA ?=
+.PHONY: dist
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m pip install --quiet --disable-pip-version-check "build>=1.2"
+	RUM_LLMOBS_PROXY_PURE_PYTHON=0 $(PY) -m build --outdir dist .
+	$(if $(strip $(DIST_EXTRA)),cp $(DIST_EXTRA) dist/)
+	cd dist && sha256sum -- * > SHA256SUMS
+	@cat dist/SHA256SUMS
+
 clean: clean-compiled
-	rm -rf $(VENV) .venv-* .node-dd-trace .mypy_cache .ruff_cache .pytest_cache .hypothesis $(WEB)/node_modules $(NODE_AGENT)/node_modules
+	rm -rf dist $(VENV) .venv-* .node-dd-trace .mypy_cache .ruff_cache .pytest_cache .hypothesis $(WEB)/node_modules $(NODE_AGENT)/node_modules
