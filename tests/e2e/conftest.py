@@ -57,6 +57,21 @@ def run_agent(
     env: Mapping[str, str] | None = None,
 ) -> Iterator[str]:
     """Run examples/agents/<framework>/app.py under ddtrace-run; yield its base URL."""
+    with run_agent_process(framework, test_agent, llm_url, python=python, hook=hook, env=env) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def run_agent_process(
+    framework: str,
+    test_agent: TestAgent,
+    llm_url: str,
+    *,
+    python: Path = VENV_PYTHON,
+    hook: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[tuple[str, Process]]:
+    """Run examples/agents/<framework>/app.py under ddtrace-run; yield its base URL and its process (its logs)."""
     port = free_port()
     full_env = {
         **datadog_env(test_agent, f"e2e-{framework}"),
@@ -70,8 +85,8 @@ def run_agent(
     }
     argv = [str(python.parent / "ddtrace-run"), str(python), str(AGENTS / framework / "app.py")]
     base = f"http://127.0.0.1:{port}"
-    with running(f"agent-{framework}", argv, env=full_env, ready_url=base + "/healthz", timeout=60):
-        yield base
+    with running(f"agent-{framework}", argv, env=full_env, ready_url=base + "/healthz", timeout=60) as process:
+        yield base, process
 
 
 @contextlib.contextmanager
