@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 
-from proxy.baggage import SESSION_KEY, with_member
+from proxy.baggage import only_session, with_session
 from proxy.http1 import BODY_RECHUNK, BODY_TUNNEL, ResponsePlan
+from proxy.trace_context import SESSION_MARK, tags_with_session, tracestate_with_session
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
 
@@ -50,9 +53,15 @@ _INDEXED = frozenset(
         b"x-forwarded-proto",
         b"x-forwarded-host",
         b"x-request-id",
+        b"via",
     }
     | TRACE_HEADERS
 )
+# Fields a client could carry a session in, besides the session header; when passed through (trace propagation
+# or baggage propagation off) any session in them other than the validated one is removed.
+_SESSION_CARRIERS = frozenset({b"x-datadog-tags", b"tracestate", b"baggage"})
+_NOTHING: frozenset[bytes] = frozenset()
+_HOST = frozenset({b"host"})
 
 
 def _tokens(values: Iterable[bytes]) -> list[bytes]:
@@ -139,8 +148,11 @@ class ForwardRules:
         propagate_baggage: bool,
         upstream_host: bytes,  # host[:port] of the upstream, for a client that sent no Host or when not preserved
         replaces_trace_headers: bool,  # trace headers are rewritten by the proxy (else passed through untouched)
+        via_token: bytes | None = None,  # the proxy's pseudonym in Via; default: `proxy_pseudonym(upstream_host)`
     ) -> None:
         self.session_header = session_header
+        self.via_token = via_token if via_token is not None else proxy_pseudonym(upstream_host)
+        self.via_lines = {version: b"via: %s %s" % (version, self.via_token) for version in (b"1.1", b"1.0")}
         self.preserve_host = preserve_host
         self.propagate_baggage = propagate_baggage
         self.upstream_host = upstream_host
@@ -157,15 +169,54 @@ class ForwardRules:
         # The fields the proxy owns, whose client copies are removed in `_` spellings too (WSGI servers treat
         # `x_rum_session_id` as `x-rum-session-id`).
         self.owned = frozenset({session_header} | (TRACE_HEADERS if replaces_trace_headers else set()))
+        # The `_` spellings dropped (WSGI/CGI servers read `x_datadog_tags` as `x-datadog-tags`): the owned fields
+        # and the session carriers that pass through, whose value is not checked in that spelling.
+        self.underscore_dropped = self.owned | {b"x-datadog-tags"}
+        # Session carriers forwarded from the client (not rewritten by the proxy): any foreign session removed.
+        self.passed_carriers = tuple(sorted(_SESSION_CARRIERS - dropped))
 
     def dropped_names(self, head: RequestHead) -> frozenset[bytes]:
         names = self.always_dropped
         connection = head.index.get(b"connection")
         if not connection:
             return names
-        # Every field the client named in Connection is hop-by-hop (RFC 9110 §7.6.1) — but Host, which the
-        # upstream needs and no hop can own.
-        return names | {token for token in _tokens(connection) if token != b"host"}
+        return names | _connection_named(connection)
+
+
+def _connection_named(connection: Sequence[bytes]) -> frozenset[bytes]:
+    # Every field the client named in Connection is hop-by-hop (RFC 9110 §7.6.1) — but Host, which the upstream
+    # needs and no hop can own.
+    return frozenset(token for token in _tokens(connection) if token != b"host")
+
+
+def proxy_pseudonym(upstream_host: bytes) -> bytes:
+    """The proxy's name in Via (RFC 9110 §7.6.3): the same for every worker of one proxy (one host, one upstream),
+    so a request that comes back to any of them is recognised; a hash, so the host name is not disclosed."""
+    digest = hashlib.sha256(socket.gethostname().encode() + b"|" + upstream_host).hexdigest()
+    return b"rum-llmobs-proxy-" + digest[:12].encode()
+
+
+def forwards_to_itself(head: RequestHead, via_token: bytes) -> bool:
+    """Whether the request already went through this proxy: its Via names the proxy's own pseudonym (a loop, e.g.
+    an upstream URL that resolves to the proxy itself). The caller answers 508 Loop Detected."""
+    via = head.index.get(b"via")
+    return via is not None and any(via_token in value for value in via)
+
+
+def request_authority(target: bytes) -> bytes | None:
+    """The host[:port] of an absolute-form request target (RFC 9112 §3.2.2), None for any other form."""
+    if target[:1] == b"/" or b"://" not in target:
+        return None
+    scheme, _, rest = target.partition(b"://")
+    if scheme.lower() not in (b"http", b"https"):
+        return None
+    end = len(rest)
+    for delimiter in b"/?#":
+        at = rest.find(bytes((delimiter,)))
+        if 0 <= at < end:
+            end = at
+    authority = rest[:end].rpartition(b"@")[2]  # userinfo is never part of Host (RFC 9110 §4.2.4)
+    return authority or None
 
 
 def upstream_request_head(
@@ -185,37 +236,55 @@ def upstream_request_head(
     The upstream sees in the session header only an ID the proxy validated, or nothing. `body_framing` is the
     framing header line the proxy sends the body with (e.g. b"content-length: 12"), or None for no body.
     """
-    dropped = rules.dropped_names(head)
-    owned = rules.owned
+    index = head.index
+    connection = index.get(b"connection")
+    named = _connection_named(connection) if connection else _NOTHING
+    dropped = rules.always_dropped | named if named else rules.always_dropped
     if websocket:
         dropped -= WEBSOCKET_HANDSHAKE  # the upstream answers the client's handshake itself
+    authority = request_authority(head.target) if head.target[:1] != b"/" else None
+    if authority is not None and rules.preserve_host:
+        dropped |= _HOST  # RFC 9112 §3.2.2: an absolute-form target's authority replaces the client's Host
+    sid = session_id.encode("ascii") if session_id is not None else None
+    scrub = bool(rules.passed_carriers) and _carries_foreign_session(index, rules.passed_carriers)
+    underscore = rules.underscore_dropped
     lines = [b"%s %s HTTP/1.1" % (head.method, target)]
     for name, value in head.headers:
         lower = name.lower()
-        if lower in dropped or (b"_" in lower and _normalized(lower) in owned):
+        if lower in dropped or (b"_" in lower and _normalized(lower) in underscore):
             continue
+        if scrub and lower in _SESSION_CARRIERS:
+            kept = _without_foreign_session(lower, value, sid)
+            if kept is None:
+                continue
+            value = kept
         lines.append(name + b": " + value)
 
-    host = head.get(b"host")
+    host = authority if authority is not None else head.get(b"host")
     if not rules.preserve_host or host is None:
         lines.append(b"host: " + rules.upstream_host)
-    forwarded_for = b", ".join(head.index.get(b"x-forwarded-for", ()))
+    elif authority is not None:
+        lines.append(b"host: " + authority)
+    # The client's X-Forwarded-* count unless the client named them in Connection (its hop-by-hop copies); the
+    # proxy's own are added either way.
+    forwarded_for = b", ".join(index.get(b"x-forwarded-for", ())) if b"x-forwarded-for" not in named else b""
     if remote:
         peer = remote.encode("ascii")
         forwarded_for = forwarded_for + b", " + peer if forwarded_for else peer
     if forwarded_for:
         lines.append(b"x-forwarded-for: " + forwarded_for)
     # A proxy in front of us (the ingress) knows the original scheme and host better than we do.
-    if b"x-forwarded-proto" not in head.index:
+    if b"x-forwarded-proto" not in index or b"x-forwarded-proto" in named:
         lines.append(b"x-forwarded-proto: " + scheme)
-    if host is not None and b"x-forwarded-host" not in head.index:
+    if host is not None and (b"x-forwarded-host" not in index or b"x-forwarded-host" in named):
         lines.append(b"x-forwarded-host: " + host)
+    lines.append(rules.via_lines.get(head.version) or rules.via_lines[b"1.1"])
     for name, value in trace_headers.items():
         lines.append(name + b": " + value)
-    if session_id is not None:
-        lines.append(rules.session_header + b": " + session_id.encode("ascii"))
+    if sid is not None:
+        lines.append(rules.session_header + b": " + sid)
     if rules.propagate_baggage:
-        baggage = rewrite_baggage(head.index.get(b"baggage", ()), session_id)
+        baggage = with_session(index.get(b"baggage", ()) if b"baggage" not in named else (), sid)
         if baggage is not None:
             lines.append(b"baggage: " + baggage)
     if websocket:
@@ -227,21 +296,28 @@ def upstream_request_head(
     return b"\r\n".join(lines)
 
 
-def rewrite_baggage(values: Sequence[bytes], session_id: str | None) -> bytes | None:
-    """The baggage to forward: `session.id` set to the validated ID, or removed when there is none.
+def _carries_foreign_session(index: Mapping[bytes, Sequence[bytes]], carriers: Sequence[bytes]) -> bool:
+    """Whether a session carrier passed through from the client may hold a session (cheap substring tests)."""
+    for name in carriers:
+        for value in index.get(name, ()):
+            if SESSION_MARK in value or (name == b"baggage" and (b"session.id" in value or b"%" in value)):
+                return True
+    return False
 
-    A header with no client-sent `session.id` and nothing to add goes through verbatim.
-    """
-    if session_id is None and not any(b"session.id" in value for value in values):
-        return b",".join(values) if values else None
-    if not values and session_id is not None:  # a validated UUID needs no percent-encoding
-        return b"session.id=" + session_id.encode("ascii")
-    try:
-        decoded = [value.decode("ascii") for value in values]
-    except UnicodeDecodeError:
-        return b",".join(values)  # not baggage at all: forwarded untouched, never rewritten
-    rewritten = with_member(decoded, SESSION_KEY, session_id)
-    return rewritten.encode("ascii") if rewritten is not None else None
+
+def _without_foreign_session(lower: bytes, value: bytes, sid: bytes | None) -> bytes | None:
+    """A passed-through carrier with any session but the validated one removed (None: nothing left)."""
+    if lower == b"baggage":
+        return only_session((value,), sid)
+    if lower == b"x-datadog-tags":
+        return tags_with_session(value, None)
+    return tracestate_with_session((value,), None)
+
+
+def rewrite_baggage(values: Sequence[bytes], session_id: str | None) -> bytes | None:
+    """The baggage to forward: `session.id` set to the validated ID, or removed when there is none (see
+    `proxy.baggage.with_session`)."""
+    return with_session(values, session_id.encode("ascii") if session_id is not None else None)
 
 
 class ResponseFraming:

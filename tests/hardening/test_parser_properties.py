@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from config.settings import SessionSource
-from proxy.baggage import MAX_BYTES, MAX_MEMBERS, parse_baggage, with_member
+from proxy.baggage import MAX_BYTES, MAX_MEMBERS, parse_baggage, with_session
 from proxy.cookies import cookie_values, rum_session_from_cookies
 from proxy.headers import (
     HOP_BY_HOP,
@@ -139,6 +139,13 @@ baggage_values = st.text(max_size=20).map(lambda value: quote(value, safe=""))
 members = st.lists(st.tuples(baggage_keys, baggage_values), max_size=70, unique_by=lambda pair: pair[0])
 
 
+def with_member(headers: list[str], key: str, session_id: str | None) -> str | None:
+    """The baggage the proxy forwards for `headers` (the adapter over proxy.baggage.with_session)."""
+    assert key == "session.id"
+    rewritten = with_session([h.encode() for h in headers], session_id.encode() if session_id else None)
+    return rewritten.decode() if rewritten is not None else None
+
+
 @fuzz
 @given(members, session_ids, st.booleans())
 def test_with_member_sets_exactly_one_session_and_keeps_the_rest(
@@ -224,7 +231,9 @@ def test_the_body_lookup_agrees_with_a_json_parser(entries: list[tuple[str, obje
 
 # --- header rewriting ------------------------------------------------------------------------------------------
 HOP = {name.decode() for name in HOP_BY_HOP}
-PROXY_OWNED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "baggage", "expect", "host", SESSION_HEADER}
+PROXY_OWNED = {
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "via", "baggage", "expect", "host", SESSION_HEADER
+}  # fmt: skip
 header_names = st.one_of(
     tokens,
     st.sampled_from(["Connection", "Keep-Alive", "TE", "Upgrade", "Proxy-Connection", "HTTP2-Settings", "Host"]),

@@ -21,7 +21,7 @@ Pairs = list[tuple[str, str]]
 
 
 def forward(headers: Pairs, *, websocket: bool = False, **kwargs: Any) -> Pairs:
-    rules = {"preserve_host": True, "propagate_baggage": True, "replaces_trace_headers": True}
+    rules: dict[str, Any] = {"preserve_host": True, "propagate_baggage": True, "replaces_trace_headers": True}
     rules.update({k: kwargs.pop(k) for k in list(kwargs) if k in rules})
     options: dict[str, Any] = {"session_id": SID, "remote": "10.1.2.3", "trace_headers": {}, "body_framing": None}
     options.update(kwargs)
@@ -65,7 +65,7 @@ def test_hop_by_hop_and_connection_named_fields_are_removed() -> None:
         session_id=None,
         remote=None,
     )
-    assert [name for name, _ in out] == ["X-Kept", "host", "x-forwarded-proto"]
+    assert [name for name, _ in out] == ["X-Kept", "host", "x-forwarded-proto", "via"]
 
 
 @pytest.mark.parametrize("spelling", ["x-rum-session-id", "X-RUM-SESSION-ID", "x_rum_session_id", "X_Rum-Session_Id"])
@@ -125,8 +125,13 @@ def test_invalid_baggage_session_is_removed_when_no_valid_id() -> None:
 
 
 def test_baggage_can_be_left_alone() -> None:
-    out = forward([("baggage", "session.id=other")], propagate_baggage=False)
-    assert getall(out, "baggage") == ["session.id=other"]
+    out = forward([("baggage", f"session.id={SID},user.id=u1")], propagate_baggage=False)
+    assert getall(out, "baggage") == [f"session.id={SID},user.id=u1"]
+
+
+def test_baggage_left_alone_still_loses_a_foreign_session() -> None:
+    out = forward([("baggage", "session.id=other,user.id=u1"), ("baggage", "session.id=junk")], propagate_baggage=False)
+    assert getall(out, "baggage") == ["user.id=u1"]
 
 
 def test_trace_headers_replace_incoming_ones() -> None:
