@@ -80,7 +80,8 @@ class _State:
     header: str = DEFAULT_SESSION_HEADER
     baggage_tags: bool = False
     error_logged: bool = False
-    chained_sitecustomize: bool = False
+    # The sitecustomize files sitecustomize.py has run (each at most once per process, see there).
+    sitecustomize_ran: set[str] = field(default_factory=set)
     llmobs: Any = None  # ddtrace.llmobs.LLMObs, resolved once at install
     tracer: Any = None  # ddtrace.trace.tracer, resolved once at install
     propagator: Any = None  # ddtrace.propagation.http.HTTPPropagator, resolved once at install
@@ -320,6 +321,48 @@ def _patch_http_server(module: ModuleType) -> None:
         _log_error_once("http.server patch")
 
 
+def _patch_asgi(module: ModuleType) -> None:
+    """ddtrace's ASGI middleware extracts nothing for a WebSocket when DD_TRACE_WEBSOCKET_MESSAGES_ENABLED=false
+    (no handshake span): keep the upgrade request's ID in a context var for the connection then."""
+    try:
+        middleware = module.TraceMiddleware
+        original: Callable[..., Awaitable[Any]] = middleware.__call__
+        if getattr(original, "__rum_llmobs_hook__", False):
+            return
+
+        @functools.wraps(original)
+        async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> Any:
+            headers = _untraced_websocket_headers(self, scope)
+            if headers is None:
+                return await original(self, scope, receive, send)
+            token = _request.set(_safe_request_session(headers.get))
+            previous = _continue_trace(headers.get, headers.keys())
+            try:
+                return await original(self, scope, receive, send)
+            finally:
+                _restore_trace(previous)
+                _request.reset(token)
+
+        __call__.__rum_llmobs_hook__ = True  # type: ignore[attr-defined]
+        middleware.__call__ = __call__
+    except Exception:
+        _log_error_once("asgi patch")
+
+
+def _untraced_websocket_headers(middleware: Any, scope: Any) -> dict[str, str] | None:
+    """The upgrade request's headers of a WebSocket that ddtrace does not trace, else None."""
+    try:
+        if scope.get("type") != "websocket" or middleware.integration_config.trace_asgi_websocket_messages:
+            return None
+        headers: dict[str, str] = {}
+        for name, value in scope.get("headers") or ():
+            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        return headers
+    except Exception:
+        _log_error_once("asgi patch")
+        return None
+
+
 def _when_imported(name: str, patch: Callable[[ModuleType], None]) -> None:
     if name in sys.modules:
         patch(sys.modules[name])
@@ -383,6 +426,7 @@ def install() -> bool:
         _SessionProcessor().register()
         _when_imported("aiohttp.web_app", _patch_aiohttp)
         _when_imported("http.server", _patch_http_server)
+        _when_imported("ddtrace.contrib.internal.asgi.middleware", _patch_asgi)
         _state.installed = True
         logger.debug("rum_llmobs_hook %s installed (ddtrace %s, header %s)", __version__, version, header)
         return True

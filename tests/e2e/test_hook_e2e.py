@@ -8,18 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import aiohttp
 import pytest
 
-from tests.e2e.conftest import run_agent, run_proxy
+from tests.e2e.conftest import HOOK_DIR, datadog_env, run_agent, run_proxy
 from tests.e2e.sessions import (
     SOURCES,
     WORKFLOW_TOOL_LLM,
     assert_every_span_has_session,
     chat,
     new_session_id,
+    rum_cookie,
     spans_of_session,
     wait_for_session,
 )
+from tests.support.processes import VENV_PYTHON, free_port, running
 from tests.support.testagent import TestAgent, session_id_of
 
 pytestmark = pytest.mark.integration
@@ -103,3 +106,73 @@ def test_opt_in_baggage_user_and_account_become_span_tags(fastapi_agent: str, te
         assert tags.get("account.id") == "acme"
         assert "user.id" not in tags  # "user 42" has a space: not a safe tag value
         assert "other" not in tags
+
+
+# ---------------------------------------------------------------- WebSocket messages, with and without ddtrace's spans
+
+WEBSOCKET_AGENT = '''\
+"""A FastAPI agent that answers each WebSocket message inside an LLMObs workflow (and never reads a session)."""
+import os
+
+import uvicorn
+from ddtrace.llmobs import LLMObs
+from fastapi import FastAPI, WebSocket
+
+app = FastAPI()
+
+
+@app.get("/healthz")
+def healthz() -> dict[str, bool]:
+    return {"ok": True}
+
+
+@app.websocket("/ws")
+async def chat(socket: WebSocket) -> None:
+    await socket.accept()
+    async for text in socket.iter_text():
+        with LLMObs.workflow(name="ws_message"):
+            LLMObs.annotate(input_data=text, output_data="ok")
+        await socket.send_text("ok " + text)
+
+
+uvicorn.run(app, host="127.0.0.1", port=int(os.environ["PORT"]), log_level="warning")
+'''
+
+
+@pytest.fixture(scope="module", params=["true", "false"], ids=["messages-traced", "messages-not-traced"])
+def websocket_agent(
+    request: pytest.FixtureRequest, test_agent: TestAgent, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """DD_TRACE_WEBSOCKET_MESSAGES_ENABLED both ways: with false ddtrace makes no handshake span and extracts no
+    headers, so the hook has to read the upgrade request itself."""
+    app = tmp_path_factory.mktemp("ws-agent") / "app.py"
+    app.write_text(WEBSOCKET_AGENT)
+    port = free_port()
+    env = {
+        **datadog_env(test_agent, "e2e-websocket"),
+        "PORT": str(port),
+        "PYTHONPATH": str(HOOK_DIR),
+        "DD_TRACE_WEBSOCKET_MESSAGES_ENABLED": request.param,
+    }
+    argv = [str(VENV_PYTHON.parent / "ddtrace-run"), str(VENV_PYTHON), str(app)]
+    base = f"http://127.0.0.1:{port}"
+    with running("agent-websocket", argv, env=env, ready_url=base + "/healthz", timeout=60):
+        with run_proxy(base, propagate=False) as proxy:
+            yield proxy
+
+
+@pytest.mark.parametrize("source", ["query", "cookie"])
+async def test_websocket_messages_get_the_session_whatever_ddtrace_traces(
+    websocket_agent: str, test_agent: TestAgent, source: str
+) -> None:
+    session_id = new_session_id()
+    url = websocket_agent.replace("http://", "ws://") + "/ws"
+    params = {"session_id": session_id} if source == "query" else {}
+    headers = {"cookie": rum_cookie(session_id)} if source == "cookie" else {}
+    async with aiohttp.ClientSession() as client, client.ws_connect(url, params=params, headers=headers) as socket:
+        for index in range(2):
+            await socket.send_str(f"message {index} of {session_id}")
+            assert (await socket.receive_str()).startswith("ok ")
+    spans = wait_for_session(test_agent, session_id, kinds=frozenset({"workflow"}))
+    assert len(spans) == 2, [(e.get("name"), session_id_of(e)) for e in spans]
+    assert_every_span_has_session(spans, session_id, frozenset({"workflow"}))
