@@ -2,7 +2,7 @@
 
 Works in any pipeline and as a Helm post-renderer: stdin to stdout, nothing on stdout unless every object was
 accepted. Exit status: 0 written; 1 refused (one `kind/namespace/name: problem` line per problem on stderr);
-2 unreadable input (usage, missing file, invalid YAML). Comments and key order are not kept (PyYAML).
+2 unreadable input (usage, missing file, not UTF-8, invalid YAML). Comments and key order are not kept (PyYAML).
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: merged by PyYAML, kubectl reads it too
+                continue
             key = self.construct_object(key_node, deep=True)
-            if key in seen and key != "<<":
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
                 )
@@ -100,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reach their agent at the proxy. Writes every object to stdout; comments and key order are not kept.",
         epilog="Exit status: 0 written, 1 refused (problems on stderr, nothing on stdout), 2 unreadable input. "
         "Per-workload annotations: rum-llmobs-proxy/agent-container, agent-port, image, sources, env, proxy-port, "
-        "admin-port (see deploy/README.md).",
+        "admin-port, image-pythonpath (see deploy/README.md).",
     )
     parser.add_argument("files", nargs="*", metavar="FILE", help="manifest files; none or - reads stdin")
     parser.add_argument(
@@ -112,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--image",
-        default=DEFAULT_IMAGE,
-        help=f"the rum-llmobs-proxy image (a workload's rum-llmobs-proxy/image annotation wins) [{DEFAULT_IMAGE}]",
+        help="the rum-llmobs-proxy image you built and pushed (a workload's rum-llmobs-proxy/image annotation "
+        f"wins); required unless every injected workload has that annotation: {DEFAULT_IMAGE} is not published",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no summary on stderr, only problems")
     return parser
@@ -130,14 +132,19 @@ def main(argv: list[str], stdin: TextIO | None = None, stdout: TextIO | None = N
             documents.extend(load_manifests(text, "<stdin>" if name == "-" else name))
         except OSError as error:
             return _fail(2, f"cannot read {name}: {error.strerror or error}")
+        except UnicodeDecodeError as error:
+            return _fail(2, f"{'stdin' if name == '-' else name}: not UTF-8 text (byte {error.start}): {error.reason}")
         except yaml.YAMLError as error:
             return _fail(2, f"{'stdin' if name == '-' else name}: not valid YAML: {_one_line(error)}")
     try:
-        result = inject(documents, InjectOptions(image=args.image, all_workloads=args.all_workloads))
+        options = InjectOptions(image=args.image, all_workloads=args.all_workloads, require_image=True)
+        result = inject(documents, options)
     except InjectError as error:
         return _fail(1, *error.problems, "nothing was written")
     stdout.write(dump_manifests(result.documents))
     stdout.flush()
+    for line in result.warnings:
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
     if not args.quiet:
         for line in (
             *(f"injected {ref}" for ref in result.injected),

@@ -19,7 +19,6 @@ Every step replaces what a previous run added instead of adding to it, so runnin
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,7 +34,10 @@ from proxy.inject.model import (
     reference,
 )
 from proxy.inject.network import open_network_policy, retarget_service
-from proxy.inject.select import controlled, flatten, is_kind, opted_in, pod_template
+from proxy.inject.select import controlled, flatten, is_kind, is_workload, opted_in, pod_template
+
+# Values in one stream once aliases are expanded: far beyond any real release, far below what exhausts memory.
+MAX_NODES = 2_000_000
 
 __all__ = ["DEFAULT_IMAGE", "InjectError", "InjectOptions", "Injection", "inject", "inject_documents", "reference"]
 
@@ -47,8 +49,12 @@ def inject_documents(documents: list[Any], options: InjectOptions) -> list[Any]:
 
 def inject(documents: list[Any], options: InjectOptions) -> Injection:
     """Like inject_documents, and also says what was injected, which Services and policies changed, what to check."""
-    result = Injection(documents=[copy.deepcopy(d) for d in documents if d is not None])
     problems: list[str] = []
+    budget = [MAX_NODES]
+    try:
+        result = Injection(documents=[tree(d, budget) for d in documents if d is not None])
+    except _TooLarge:
+        raise InjectError([f"more than {MAX_NODES} values once YAML aliases are expanded"]) from None
     objects: list[Manifest] = []
     for index, document in enumerate(result.documents):
         if not isinstance(document, dict):
@@ -59,13 +65,18 @@ def inject(documents: list[Any], options: InjectOptions) -> Injection:
     workloads: list[Workload] = []
     for obj in objects:
         template = pod_template(obj)
-        if template is None or controlled(obj):
+        if controlled(obj):
             continue
-        workload = Workload(obj, template)
+        if template is None:
+            with _refusals(obj, problems):
+                if is_workload(obj) and opted_in(obj, {}, options):
+                    raise Refused("opted in, but it has no pod template (spec.template) to add the proxy to")
+            continue
+        workload = Workload(obj, template, tree(template.get("spec"), [MAX_NODES]) or {})
         workloads.append(workload)
         with _refusals(obj, problems):
             if opted_in(obj, template, options):
-                workload.agent_port, workload.proxy_port = inject_workload(obj, template, options, result.notes)
+                workload.agent_port, workload.proxy_port = inject_workload(obj, template, options, result)
                 workload.injected = True
                 result.injected.append(reference(obj))
 
@@ -90,6 +101,24 @@ def _refusals(obj: Manifest, problems: list[str]) -> Iterator[None]:
     except (AttributeError, TypeError, KeyError, ValueError) as error:
         # A shape no API server would accept (a string where a list goes, …): say so rather than crash.
         problems.append(f"{reference(obj)}: malformed {obj.get('kind')} ({type(error).__name__}: {error})")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def tree(node: Any, budget: list[int]) -> Any:
+    """A copy of a loaded YAML document in which nothing is shared. PyYAML loads an alias (`labels: *sel`) as the
+    very object its anchor names, so changing the pod labels would change the selector too; every node gets its own
+    copy here, as if the aliases were written out. `budget` bounds the expansion (a "billion laughs" document)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge
+    if isinstance(node, dict):
+        return {key: tree(value, budget) for key, value in node.items()}
+    if isinstance(node, list):
+        return [tree(value, budget) for value in node]
+    return node
 
 
 def _type(value: Any) -> str:

@@ -22,6 +22,7 @@ from proxy.inject.model import (
     HOOK_DIR,
     IMAGE,
     IMAGE_HOOK_DIR,
+    IMAGE_PYTHONPATH,
     KNOWN_SOURCES,
     PROXY_PORT,
     PROXY_PORT_NAME,
@@ -29,6 +30,7 @@ from proxy.inject.model import (
     SOURCES,
     TMP_VOLUME,
     AgentPort,
+    Injection,
     InjectOptions,
     Manifest,
     Refused,
@@ -51,7 +53,7 @@ _IMAGE_TAG = re.compile(r":([\w][\w.-]{0,127})$")
 
 
 def inject_workload(
-    obj: Manifest, template: Manifest, options: InjectOptions, notes: list[str]
+    obj: Manifest, template: Manifest, options: InjectOptions, result: Injection
 ) -> tuple[AgentPort, int]:
     settings = annotation_settings(obj, template)
     spec = template.get("spec")
@@ -64,14 +66,18 @@ def inject_workload(
         if unknown or not sources.strip():
             raise Refused(f"{SOURCES} {sources!r}: use a comma-separated list of {', '.join(KNOWN_SOURCES)}")
         extra_env = {"RUM_PROXY_SOURCES": ",".join(s.strip() for s in sources.split(",")), **extra_env}
-    image = settings.get(IMAGE, options.image).strip()
+    chosen = settings.get(IMAGE, options.image)
+    if chosen is None:
+        unpublished = (
+            f"image {DEFAULT_IMAGE} is the default, which no registry publishes: build and push the image, then "
+            f"pass --image or set the annotation {IMAGE}"
+        )
+        if options.require_image:
+            raise Refused(unpublished)
+        result.notes.append(f"{reference(obj)}: {unpublished}")
+    image = (chosen or DEFAULT_IMAGE).strip()
     if not image or any(c.isspace() for c in image):
         raise Refused(f"{IMAGE} {image!r} is not an image reference")
-    if image == DEFAULT_IMAGE:
-        notes.append(
-            f"{reference(obj)}: image {image} is the default, which no registry publishes: build and push the "
-            f"image, then pass --image or set {IMAGE}"
-        )
 
     init_containers = [c for c in spec.get("initContainers") or [] if c.get("name") not in (HOOK, SIDECAR)]
     agent = choose_agent_container(spec, settings)
@@ -94,7 +100,7 @@ def inject_workload(
     if not drain.isdigit():
         raise Refused(f"RUM_PROXY_SHUTDOWN_GRACE_SECONDS {drain!r} must be a whole number of seconds")
 
-    _wire_agent(agent, header, notes, obj)
+    _wire_agent(agent, header, settings.get(IMAGE_PYTHONPATH), result, obj)
     metadata = mapping(template, "metadata")
     labels = mapping(metadata, "labels")
     labels[f"tags.datadoghq.com/{SIDECAR}.service"] = SIDECAR
@@ -123,7 +129,7 @@ def inject_workload(
         {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}},
     ]
     if spec.get("hostNetwork") is True:
-        notes.append(
+        result.notes.append(
             f"{reference(obj)}: hostNetwork pod: the proxy's ports {proxy_port} and {admin_port} open on the node"
         )
     grace = spec.get("terminationGracePeriodSeconds", 30)
@@ -142,11 +148,31 @@ def _unified_service_tags(labels: Mapping[str, str]) -> dict[str, Manifest]:
 
 
 def _autodiscovery(admin_port: int) -> dict[str, str]:
-    """Datadog Agent annotations for the sidecar: its JSON logs, and its Prometheus metrics on the admin port."""
+    """Datadog Agent annotations for the sidecar: its JSON logs, and its Prometheus metrics on the admin port
+    (named as deploy/datadog/README.md lists them: rum_llmobs_proxy.requests.count, ...)."""
     instance = {
         "openmetrics_endpoint": f"http://%%host%%:{admin_port}/metrics",
         "namespace": "rum_llmobs_proxy",
-        "metrics": ["rum_proxy_.*"],
+        # rum_proxy_requests_total -> rum_llmobs_proxy.requests.count, not rum_llmobs_proxy.rum_proxy_requests.count
+        "raw_metric_prefix": "rum_proxy_",
+        # Exact names (no regex): the _created series prometheus-client adds in single-process mode are not sent.
+        "metrics": [
+            "requests",
+            "invalid_session_ids",
+            "upstream_errors",
+            "bad_requests",
+            "request_duration_seconds",
+            "open_streams",
+            "open_websockets",
+        ],
+        # The duration histogram as a distribution (p50/p95/p99 queries), plus .count/.sum monotonic counts:
+        # .count has no labels, so it is submitted (0) even before a proxy's first request (the no-traffic monitor).
+        "histogram_buckets_as_distributions": True,
+        "collect_counters_with_distributions": True,
+        # The endpoint tag is the pod IP; pod_name says the same and matches the dashboard's template variable.
+        # The Agent's tagger leaves pod_name out at its default DD_CHECKS_TAG_CARDINALITY=low.
+        "tag_by_endpoint": False,
+        "tags": ["pod_name:%%kube_pod_name%%"],
     }
     return {
         f"ad.datadoghq.com/{SIDECAR}.logs": _json([{"source": SIDECAR, "service": SIDECAR}]),
@@ -154,26 +180,35 @@ def _autodiscovery(admin_port: int) -> dict[str, str]:
     }
 
 
-def _wire_agent(agent: Manifest, header: str, notes: list[str], obj: Manifest) -> None:
+def _wire_agent(agent: Manifest, header: str, image_path: str | None, result: Injection, obj: Manifest) -> None:
     env = sequence(agent, "env")
     pythonpath = next((e for e in env if e.get("name") == "PYTHONPATH"), None)
+    name = agent.get("name")
     if pythonpath is None:
-        env.append({"name": "PYTHONPATH", "value": HOOK_DIR})
-        if agent.get("envFrom"):
-            notes.append(
-                f"{reference(obj)}: container {agent.get('name')} had no PYTHONPATH in env but uses envFrom; "
-                f"PYTHONPATH={HOOK_DIR} now overrides any PYTHONPATH from there (add it to env to keep it)"
+        pythonpath = {"name": "PYTHONPATH", "value": image_path or ""}
+        env.append(pythonpath)
+        if image_path is None:
+            # Kubernetes' env replaces the image's ENV PYTHONPATH (and any from envFrom), which a manifest cannot show.
+            result.warnings.append(
+                f"{reference(obj)}: container {name} sets no PYTHONPATH, so PYTHONPATH={HOOK_DIR} replaces any "
+                f"PYTHONPATH its image sets (ENV PYTHONPATH=/app is common) and the agent may no longer import its "
+                f"own code; state the image's value with the annotation {IMAGE_PYTHONPATH} (empty when it has "
+                f"none), or add it to the container's env"
+                + (", where it also overrides envFrom" if agent.get("envFrom") else "")
             )
     elif "valueFrom" in pythonpath:
         raise Refused(
-            f"container {agent.get('name')}: PYTHONPATH comes from valueFrom; make it a plain value so the hook "
-            "can be appended (Datadog library injection refuses a valueFrom PYTHONPATH too)"
+            f"container {name}: PYTHONPATH comes from valueFrom; make it a plain value so the hook can be added "
+            "(Datadog library injection refuses a valueFrom PYTHONPATH too)"
         )
-    else:
-        # Appended, so the image's own entries and /datadog-lib/ (which Datadog's admission controller prepends,
-        # or a manifest already lists) stay in front: ddtrace's sitecustomize runs first and hands over to the hook.
-        entries = [e for e in str(pythonpath.get("value", "")).split(":") if e and e.rstrip("/") != HOOK_DIR]
-        pythonpath["value"] = ":".join([*entries, HOOK_DIR])
+    elif image_path is not None:
+        if str(pythonpath.get("value") or "").split(":")[0] != HOOK_DIR:
+            raise Refused(
+                f"{IMAGE_PYTHONPATH} is set but container {name} has PYTHONPATH in its env, which is what the agent "
+                "sees: drop one of them"
+            )
+        pythonpath["value"] = image_path  # what an earlier run wrote from the annotation: the annotation again
+    pythonpath["value"] = pythonpath_with_hook(str(pythonpath.get("value") or ""))
     put(env, {"name": "RUM_PROXY_SESSION_HEADER", "value": header})
     mounts = sequence(agent, "volumeMounts")
     for mount in mounts:
@@ -270,3 +305,12 @@ def _sidecar(image: str, proxy_port: int, admin_port: int, env: list[Manifest]) 
 
 
 # ---------------------------------------------------------------- Services
+
+
+def pythonpath_with_hook(value: str) -> str:
+    """The hook directory first, then every entry as it was, empty ones included: Python reads an empty entry as
+    the working directory. First, because the hook's sitecustomize runs the next one on sys.path (as ddtrace's
+    does): an image's own sitecustomize or /datadog-lib/ after it still runs, while one in front of it would hide
+    it. An empty value has no entries (not one empty entry)."""
+    entries = value.split(":") if value else []
+    return ":".join([HOOK_DIR, *(e for e in entries if e.rstrip("/") != HOOK_DIR)])

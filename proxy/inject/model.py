@@ -17,7 +17,9 @@ SOURCES = PREFIX + "sources"
 ENV = PREFIX + "env"
 PROXY_PORT = PREFIX + "proxy-port"
 ADMIN_PORT = PREFIX + "admin-port"
-ANNOTATIONS = (AGENT_CONTAINER, AGENT_PORT, IMAGE, SOURCES, ENV, PROXY_PORT, ADMIN_PORT)
+# The PYTHONPATH the agent's image sets (its ENV), which a PYTHONPATH in the pod spec replaces: stated, it is kept.
+IMAGE_PYTHONPATH = PREFIX + "image-pythonpath"
+ANNOTATIONS = (AGENT_CONTAINER, AGENT_PORT, IMAGE, SOURCES, ENV, PROXY_PORT, ADMIN_PORT, IMAGE_PYTHONPATH)
 
 SIDECAR = "rum-llmobs-proxy"
 HOOK = "rum-llmobs-hook"
@@ -69,8 +71,11 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class InjectOptions:
-    image: str = DEFAULT_IMAGE
+    # None: the workload's rum-llmobs-proxy/image annotation, else DEFAULT_IMAGE (which no registry publishes).
+    image: str | None = None
     all_workloads: bool = False
+    # Refuse a workload that would get DEFAULT_IMAGE (the command line does: a pipeline must not apply it).
+    require_image: bool = False
 
 
 @dataclass
@@ -79,6 +84,8 @@ class Injection:
     injected: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # What may break the agent although the manifests are valid; shown even when notes are not.
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,7 @@ class AgentPort:
 class Workload:
     obj: Manifest
     template: Manifest
+    pod: Manifest  # a copy of the pod spec as it came in, to resolve port names against
     injected: bool = False
     agent_port: AgentPort | None = None
     proxy_port: int | None = None

@@ -51,6 +51,11 @@ def is_kind(obj: Mapping[str, Any], group: str, kind: str) -> bool:
     return obj.get("kind") == kind and _group(obj) == group
 
 
+def is_workload(obj: Mapping[str, Any]) -> bool:
+    """A kind whose pod template the injector knows where to find."""
+    return (_group(obj), str(obj.get("kind"))) in POD_TEMPLATE_PATHS
+
+
 def pod_template(obj: Manifest) -> Manifest | None:
     path = POD_TEMPLATE_PATHS.get((_group(obj), str(obj.get("kind"))))
     if path is None:
@@ -192,3 +197,30 @@ def parse_env(text: str) -> dict[str, str]:
         if name in MANAGED_ENV:
             raise Refused(f"{ENV}: {name} is set by the injector (use {AGENT_PORT}, {PROXY_PORT} or {ADMIN_PORT})")
     return pairs
+
+
+def protocol_of(port: Mapping[str, Any]) -> str:
+    """A port's protocol; Kubernetes defaults an absent one to TCP (Services, NetworkPolicies, containers)."""
+    return str(port.get("protocol") or "TCP")
+
+
+def find_port(pod: Manifest, target: Any, protocol: str, sidecars: bool = True) -> tuple[str | None, int] | None:
+    """(container, number) a Service targetPort reaches in the pod, resolved as Kubernetes' FindPort does
+    (pkg/api/v1/pod/util.go): a number is itself (its container unknown: None); a name is the first port of that
+    name *and protocol* in the regular containers, in order, then in the native sidecars (initContainers with
+    restartPolicy Always), which Kubernetes searches only from 1.33 (kubernetes/kubernetes#127958): `sidecars`."""
+    if isinstance(target, str) and target.isdigit():
+        target = int(target)
+    if isinstance(target, int) and not isinstance(target, bool):
+        return None, target
+    if not isinstance(target, str):
+        return None
+    searched = list(pod.get("containers") or [])
+    if sidecars:
+        searched += [c for c in pod.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
+    for container in searched:
+        for port in container.get("ports") or []:
+            number = port.get("containerPort")
+            if port.get("name") == target and protocol_of(port) == protocol and isinstance(number, int):
+                return str(container.get("name")), number
+    return None

@@ -16,12 +16,17 @@ import kubernetes_validate
 Doc = dict[str, Any]
 Check = Callable[[list[Doc], list[Doc]], None]
 
-# Native sidecars (initContainers[].restartPolicy: Always) are stable from 1.33.
-KUBERNETES_VERSIONS = ["1.33.0", kubernetes_validate.latest_version()]
+# Native sidecars (initContainers[].restartPolicy: Always) are on by default from 1.29 and stable from 1.33; a
+# Service's named targetPort reaches a native sidecar's port only from 1.33 (kubernetes/kubernetes#127958).
+_NEWEST_MINOR = int(kubernetes_validate.latest_version().split(".")[1])
+SUPPORTED_VERSIONS = [f"1.{minor}.0" for minor in range(29, _NEWEST_MINOR + 1)]
+SIDECAR_PORT_NAMES_FROM = (1, 33)
+# Every check validates against these (the oldest supported, the first with stable sidecars, the newest);
+# test_inject.py validates every fixture against every supported version.
+KUBERNETES_VERSIONS = ["1.29.0", "1.33.0", kubernetes_validate.latest_version()]
 SIDECAR = "rum-llmobs-proxy"
 HOOK = "rum-llmobs-hook"
 HOOK_IMAGE_DIR = "/opt/rum-llmobs-hook"
-DATADOG_LIB = "/datadog-lib"
 # Time the agent container gets to stop before the sidecar's own drain starts (same grace period).
 GRACE_MARGIN_SECONDS = 10
 TEMPLATE_PATHS = {
@@ -97,13 +102,32 @@ def proxy_setting(obj: Doc, name: str, default: str) -> str:
     return str(entry["value"]) if entry and "value" in entry else default
 
 
-def resolve_port(pod: Doc, port: int | str) -> tuple[str, int] | None:
-    """(container name, number) a Service targetPort or probe port reaches in the pod, or None."""
-    for container in pod.get("initContainers", []) + pod["containers"]:
+def resolve_port(
+    pod: Doc, port: int | str, protocol: str = "TCP", version: str | None = None
+) -> tuple[str, int] | None:
+    """(container name, number) a Service targetPort or probe port reaches in the pod on Kubernetes `version` (the
+    newest when None), or None. As Kubernetes' FindPort: a number is itself; a name is the first port with that name
+    and protocol in the regular containers, then — from 1.33 only — in the native sidecars (restartPolicy Always)."""
+    containers = pod["containers"]
+    sidecars = [c for c in pod.get("initContainers", []) if c.get("restartPolicy") == "Always"]
+    if isinstance(port, int):
+        owners = [c["name"] for c in containers + sidecars for p in c.get("ports", []) if p["containerPort"] == port]
+        return (owners[0] if owners else "?"), port
+    searched = containers
+    if version is None or tuple(map(int, version.split(".")[:2])) >= SIDECAR_PORT_NAMES_FROM:
+        searched = containers + sidecars
+    for container in searched:
         for declared in container.get("ports", []):
-            if port in (declared.get("name"), declared["containerPort"]):
+            if declared.get("name") == port and declared.get("protocol", "TCP") == protocol:
                 return container["name"], declared["containerPort"]
-    return ("?", port) if isinstance(port, int) else None
+    return None
+
+
+def probe_port(container: Doc, port: int | str) -> int | None:
+    """The number a probe's port names: the kubelet looks a name up in the probed container's own ports."""
+    if isinstance(port, int):
+        return port
+    return next((p["containerPort"] for p in container.get("ports", []) if p.get("name") == port), None)
 
 
 def before_of(before: list[Doc], obj: Doc) -> Doc:
@@ -161,14 +185,13 @@ def check_native_sidecar(before: list[Doc], after: list[Doc]) -> None:
 def check_probes(before: list[Doc], after: list[Doc]) -> None:
     for obj in injected(after):
         sidecar = sidecar_of(obj)
-        pod = template_of(obj)["spec"]  # type: ignore[index]
         admin_port = int(proxy_setting(obj, "RUM_PROXY_ADMIN_PORT", "8081"))
         expected = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
         for probe_name, path in expected.items():
             probe = sidecar.get(probe_name)
             assert probe is not None, f"{probe_name} missing"
             assert probe["httpGet"]["path"] == path, probe_name
-            assert resolve_port(pod, probe["httpGet"]["port"]) == (SIDECAR, admin_port), probe_name
+            assert probe_port(sidecar, probe["httpGet"]["port"]) == admin_port, probe_name
 
 
 def check_container_restricted(container: Doc, pod_context: Doc) -> None:
@@ -215,17 +238,16 @@ def check_hook_wiring(before: list[Doc], after: list[Doc]) -> None:
             "PYTHONPATH must be a plain value (Datadog library injection rejects valueFrom)"
         )
         entries = pythonpath["value"].split(":")
-        if (template["metadata"].get("labels") or {}).get("admission.datadoghq.com/enabled") == "true":
-            entries = [f"{DATADOG_LIB}/", *entries]  # what Datadog's admission controller makes of it
+        # First: a sitecustomize in front of the hook's would hide it (Python imports only the first one found);
+        # the hook's runs the next one, so whatever comes after it still runs (/datadog-lib/ included).
+        assert entries[0] == agent_mount["mountPath"], f"{agent_mount['mountPath']} must come first in {entries}"
         assert entries.count(agent_mount["mountPath"]) == 1, f"{agent_mount['mountPath']} once in {entries}"
-        hook_at = entries.index(agent_mount["mountPath"])
-        for index, entry in enumerate(entries):
-            if entry.rstrip("/") == DATADOG_LIB:
-                assert index < hook_at, "ddtrace's sitecustomize must come first"
         original = env_of(before_of_agent(before, obj)).get("PYTHONPATH")
-        if original and "value" in original:
-            kept = [e for e in original["value"].split(":") if e and e != agent_mount["mountPath"]]
-            assert [e for e in entries if e in kept] == kept, "the agent's own PYTHONPATH entries stay, in order"
+        annotations = {**obj["metadata"].get("annotations", {}), **template["metadata"].get("annotations", {})}
+        value = original.get("value", "") if original else annotations.get("rum-llmobs-proxy/image-pythonpath", "")
+        # Every entry as it was, in order, empty ones too (Python reads an empty entry as the working directory).
+        kept = [e for e in value.split(":") if e.rstrip("/") != agent_mount["mountPath"]] if value else []
+        assert entries[1:] == kept, f"the agent's own PYTHONPATH entries stay, in order: {kept} in {entries}"
         # The agent's hook and the proxy must agree on the forwarded header's name.
         header = env_of(agent).get("RUM_PROXY_SESSION_HEADER")
         assert header is not None and "value" in header, "agent needs RUM_PROXY_SESSION_HEADER for the hook"
@@ -297,7 +319,8 @@ def check_proxy_env(before: list[Doc], after: list[Doc]) -> None:
 
 
 def check_service_ports(before: list[Doc], after: list[Doc]) -> None:
-    """Exactly the Service ports that reached the agent's port now reach the proxy; the others are as they were."""
+    """Exactly the (TCP) Service ports that reached the agent's port now reach the proxy on every supported
+    Kubernetes version; the others are as they were."""
     workloads = injected(after)
     for service in (o for o in objects(after) if o["kind"] == "Service"):
         backends = [w for w in workloads if selects(service, w)]
@@ -311,11 +334,15 @@ def check_service_ports(before: list[Doc], after: list[Doc]) -> None:
                 pod_after = template_of(backend)["spec"]  # type: ignore[index]
                 agent_port = int(proxy_setting(backend, "RUM_PROXY_UPSTREAM_URL", ":0").rsplit(":", 1)[1])
                 proxy_port = int(proxy_setting(backend, "RUM_PROXY_PORT", "8080"))
-                reached_before = resolve_port(pod_before, old.get("targetPort", old["port"]))
-                reached_now = resolve_port(pod_after, new.get("targetPort", new["port"]))
+                protocol = old.get("protocol", "TCP")
+                reached_before = resolve_port(pod_before, old.get("targetPort", old["port"]), protocol)
                 name = f"{ref(service)} port {old.get('name') or old['port']}"
-                if reached_before is not None and reached_before[1] == agent_port:
-                    assert reached_now == (SIDECAR, proxy_port), f"{name} must reach the proxy, reaches {reached_now}"
+                if protocol == "TCP" and reached_before is not None and reached_before[1] == agent_port:
+                    for version in SUPPORTED_VERSIONS:
+                        reached_now = resolve_port(pod_after, new.get("targetPort", new["port"]), protocol, version)
+                        assert reached_now == (SIDECAR, proxy_port), (
+                            f"{name} must reach the proxy on Kubernetes {version}, reaches {reached_now}"
+                        )
                 elif reached_before != (SIDECAR, proxy_port):
                     assert new == old, f"{name} did not reach the agent and must be left as it was"
 
@@ -387,10 +414,35 @@ def check_autodiscovery(before: list[Doc], after: list[Doc]) -> None:
         instance = checks["openmetrics"]["instances"][0]
         admin_port = proxy_setting(obj, "RUM_PROXY_ADMIN_PORT", "8081")
         assert instance["openmetrics_endpoint"] == f"http://%%host%%:{admin_port}/metrics"
-        assert any(re.fullmatch(p, "rum_proxy_requests_total") for p in instance["metrics"])
+        prefix = re.escape(instance.get("raw_metric_prefix", ""))
+        assert any(re.fullmatch(f"{prefix}{p}(_total)?", "rum_proxy_requests_total") for p in instance["metrics"])
         labels = template["metadata"]["labels"]
         for tag in ("service", "version"):
             assert labels.get(f"tags.datadoghq.com/{SIDECAR}.{tag}"), f"unified service tag {tag} for the sidecar"
+
+
+def _without_template(obj: Doc) -> Doc:
+    copy = json.loads(json.dumps(obj))
+    *path, last = TEMPLATE_PATHS[obj["kind"]]
+    node = copy
+    for key in path:
+        node = node[key]
+    del node[last]
+    return copy
+
+
+def check_workload_outside_pod_kept(before: list[Doc], after: list[Doc]) -> None:
+    """An injected workload changes only inside its pod template, whose labels only gain the sidecar's tags:
+    its selector is immutable (kubectl apply to an existing Deployment fails) and the Services select by labels."""
+    for obj in injected(after):
+        old = before_of(before, obj)
+        assert _without_template(obj) == _without_template(old), f"{ref(obj)} changed outside its pod template"
+        labels = template_of(obj)["metadata"].get("labels") or {}  # type: ignore[index]
+        ours = {f"tags.datadoghq.com/{SIDECAR}.service", f"tags.datadoghq.com/{SIDECAR}.version"}
+        old_labels = template_of(old)["metadata"].get("labels") or {}  # type: ignore[index]
+        assert {k: v for k, v in labels.items() if k not in ours} == {
+            k: v for k, v in old_labels.items() if k not in ours
+        }, f"{ref(obj)}: pod labels changed"
 
 
 def check_others_unchanged(before: list[Doc], after: list[Doc]) -> None:
@@ -428,4 +480,5 @@ ALL_CHECKS: list[Check] = [
     check_grace_period,
     check_autodiscovery,
     check_others_unchanged,
+    check_workload_outside_pod_kept,
 ]

@@ -337,7 +337,7 @@ def test_dockerfile_pip_commands_build_a_working_venv(instructions: list[Instruc
     assert '"upstream_url": "http://agent:8000/"' in check.stdout
     # The injector runs from the image too (`docker run -i <image> inject`): PyYAML is in the lock.
     injected = subprocess.run(
-        [str(bin_dir / "rum-llmobs-proxy"), "inject", "--quiet"],
+        [str(bin_dir / "rum-llmobs-proxy"), "inject", "--quiet", "--image=registry.example.com/rum-llmobs-proxy:0.1.0"],
         input=MINIMAL_APP,
         cwd=tmp_path,
         env={"PATH": env["PATH"]},

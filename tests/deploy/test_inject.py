@@ -6,13 +6,16 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 from checks import (
     ALL_CHECKS,
+    SUPPORTED_VERSIONS,
     Check,
     Doc,
     agent_of,
@@ -29,10 +32,13 @@ from checks import (
     check_restricted_pod_security,
     check_service_ports,
     check_valid,
+    check_workload_outside_pod_kept,
     env_of,
     injected,
     objects,
     ref,
+    resolve_port,
+    selects,
     sidecar_of,
     template_of,
 )
@@ -49,6 +55,7 @@ INJECTABLE = [
     "list.yaml",
     "batch.yaml",
     "component-injected.yaml",
+    "anchors.yaml",
 ]
 IMAGE = "registry.example.com/rum-llmobs-proxy:0.1.0"
 OPTIONS = InjectOptions(image=IMAGE)
@@ -200,10 +207,36 @@ BREAKAGES: dict[str, tuple[str, Callable[[list[Doc]], None], Check]] = {
         _on(BOT, lambda d: env_of(agent_of(d))["PYTHONPATH"].update(value="/rum-llmobs-hook")),
         check_hook_wiring,
     ),
-    "hook-before-datadog-lib": (
+    "hook-not-first": (
         "chart.yaml",
-        _on(BOT, lambda d: env_of(agent_of(d))["PYTHONPATH"].update(value="/app/src:/rum-llmobs-hook:/datadog-lib/")),
+        _on(BOT, lambda d: env_of(agent_of(d))["PYTHONPATH"].update(value="/app/src:/rum-llmobs-hook")),
         check_hook_wiring,
+    ),
+    "empty-entry-dropped": (
+        "anchors.yaml",
+        _on(
+            "Deployment/agents/planner",
+            lambda d: env_of(agent_of(d))["PYTHONPATH"].update(value="/rum-llmobs-hook:/app"),
+        ),
+        check_hook_wiring,
+    ),
+    "shared-env-changed-in-worker": (
+        "anchors.yaml",
+        _on(
+            "Deployment/agents/planner",
+            lambda d: template_of(d)["spec"]["containers"][1]["env"].append({"name": "PYTHONPATH2", "value": "x"}),
+        ),  # type: ignore[index]
+        check_app_containers_kept,
+    ),
+    "selector-changed": (
+        "anchors.yaml",
+        _on(
+            "Deployment/agents/planner",
+            lambda d: d["spec"]["selector"]["matchLabels"].update(
+                {"tags.datadoghq.com/rum-llmobs-proxy.service": "rum-llmobs-proxy"}
+            ),
+        ),
+        check_workload_outside_pod_kept,
     ),
     "header-mismatch": (
         "chart.yaml",
@@ -243,6 +276,9 @@ BREAKAGES: dict[str, tuple[str, Callable[[list[Doc]], None], Check]] = {
         check_service_ports,
     ),
     "agent-port-bypasses-proxy": ("chart.yaml", _service_port("Service/-/support-bot", 1, "http"), check_service_ports),
+    # Kubernetes 1.29-1.32 resolve a named targetPort only against regular containers: this routes nowhere there.
+    "sidecar-port-by-name": ("chart.yaml", _service_port("Service/-/support-bot", 1, "rum-proxy"), check_service_ports),
+    "udp-port-retargeted": ("anchors.yaml", _service_port("Service/agents/planner", 1, 8080), check_service_ports),
     "numeric-agent-port-kept": (
         "statefulset.yaml",
         _service_port("Service/research/memory-agent", 0, 8080),
@@ -311,7 +347,7 @@ def test_chart_two_containers_several_ports() -> None:
     agent, sidecar = agent_of(bot), sidecar_of(bot)
     assert agent["name"] == "app", "chosen by the rum-llmobs-proxy/agent-container annotation"
     assert env_value(sidecar, "RUM_PROXY_UPSTREAM_URL") == "http://127.0.0.1:8000", "the port named http"
-    assert env_value(agent, "PYTHONPATH") == "/app/src:/rum-llmobs-hook", "appended to the existing value"
+    assert env_value(agent, "PYTHONPATH") == "/rum-llmobs-hook:/app/src", "first, then the existing value"
     assert env_value(sidecar, "RUM_PROXY_SOURCES") == "body,cookie"
     assert env_value(sidecar, "RUM_PROXY_LOG_LEVEL") == "debug"
     assert env_value(sidecar, "RUM_PROXY_IDLE_TIMEOUT_SECONDS") == "600"
@@ -324,13 +360,13 @@ def test_chart_two_containers_several_ports() -> None:
     service = find(docs, "Service/-/support-bot")
     assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [
         ("metrics", "metrics"),
-        ("http", "rum-proxy"),
-    ]
+        ("http", 8080),
+    ], "the proxy's port by number: a named one reaches a native sidecar only from Kubernetes 1.33"
     assert find(docs, "ConfigMap/-/support-bot-prompts")["data"]["PORT_MAPPING"] == "8080:80"
     policy = find(docs, "NetworkPolicy/-/support-bot")
     assert policy["spec"]["ingress"][0]["ports"] == [
         {"port": "http", "protocol": "TCP"},
-        {"port": "rum-proxy", "protocol": "TCP"},
+        {"port": 8080, "protocol": "TCP"},
     ], "the ingress controller may now reach the proxy"
 
 
@@ -338,9 +374,10 @@ def test_library_injection_pythonpath_lets_the_admission_controller_go_first() -
     docs = injected_fixture("library-injection.yaml")
     deployment = find(docs, "Deployment/agents/triage-agent")
     assert env_value(agent_of(deployment), "PYTHONPATH") == "/rum-llmobs-hook"
-    # Datadog's admission controller prepends its directory at pod creation: /datadog-lib/:/rum-llmobs-hook.
+    # Datadog's admission controller (before its LD_PRELOAD injector) prepends its directory at pod creation:
+    # /datadog-lib/:/rum-llmobs-hook; its sitecustomize runs ddtrace's, which runs the next: the hook's.
     assert env_value(sidecar_of(deployment), "RUM_PROXY_UPSTREAM_URL") == "http://127.0.0.1:5000", "the only port"
-    assert find(docs, "Service/agents/triage-agent")["spec"]["ports"][0]["targetPort"] == "rum-proxy"
+    assert find(docs, "Service/agents/triage-agent")["spec"]["ports"][0]["targetPort"] == 8080
     template = template_of(deployment)
     assert template is not None and template["metadata"]["labels"]["admission.datadoghq.com/enabled"] == "true"
 
@@ -351,9 +388,9 @@ def test_statefulset_agent_on_the_proxy_default_port() -> None:
     sidecar = sidecar_of(statefulset)
     assert env_value(sidecar, "RUM_PROXY_UPSTREAM_URL") == "http://127.0.0.1:8080"
     assert (env_value(sidecar, "RUM_PROXY_PORT"), env_value(sidecar, "RUM_PROXY_ADMIN_PORT")) == ("8081", "8082")
-    assert env_value(agent_of(statefulset), "PYTHONPATH") == "/srv/app:/srv/lib:/rum-llmobs-hook"
-    assert find(docs, "Service/research/memory-agent")["spec"]["ports"][0]["targetPort"] == "rum-proxy"
-    assert find(docs, "Service/research/memory-agent-headless")["spec"]["ports"][0]["targetPort"] == "rum-proxy"
+    assert env_value(agent_of(statefulset), "PYTHONPATH") == "/rum-llmobs-hook:/srv/app:/srv/lib"
+    assert find(docs, "Service/research/memory-agent")["spec"]["ports"][0]["targetPort"] == 8081
+    assert find(docs, "Service/research/memory-agent-headless")["spec"]["ports"][0]["targetPort"] == 8081
     assert find(docs, "Service/other-team/memory-agent") == find(
         load("statefulset.yaml"), "Service/other-team/memory-agent"
     )
@@ -367,7 +404,7 @@ def test_list_stays_one_list_and_keeps_a_longer_grace_period() -> None:
     assert [ref(o) for o in injected(docs)] == ["Deployment/agents/faq-agent"], "its ReplicaSet follows its owner"
     deployment = find(docs, "Deployment/agents/faq-agent")
     assert template_of(deployment)["spec"]["terminationGracePeriodSeconds"] == 90  # type: ignore[index]
-    assert find(docs, "Service/agents/faq-agent")["spec"]["ports"][0]["targetPort"] == "rum-proxy"
+    assert find(docs, "Service/agents/faq-agent")["spec"]["ports"][0]["targetPort"] == 8080
 
 
 def test_jobs_are_injected_only_when_they_opt_in() -> None:
@@ -389,7 +426,7 @@ def test_passthrough_objects_are_unchanged_and_all_takes_every_deployment() -> N
     assert inject_documents(original, OPTIONS) == original
     docs = injected_fixture("passthrough.yaml", all_workloads=True)
     assert [ref(o) for o in injected(docs)] == ["Deployment/agents/embedder"]
-    assert find(docs, "Service/agents/embedder")["spec"]["ports"][0]["targetPort"] == "rum-proxy"
+    assert find(docs, "Service/agents/embedder")["spec"]["ports"][0]["targetPort"] == 8080
     for check in ALL_CHECKS:
         check(original, docs)
 
@@ -581,12 +618,18 @@ def test_malformed_workloads_are_refused_not_crashed_on(containers: str, problem
     assert raised.value.problems[0].startswith(f"Deployment/-/bot: {problem}")
 
 
-def test_the_default_image_gets_a_note() -> None:
-    notes = inject(load_manifests(OWN_INIT), InjectOptions()).notes
-    assert notes == [
-        "Deployment/-/bot: image rum-llmobs-proxy:0.1.0 is the default, which no registry publishes: build and push "
-        "the image, then pass --image or set rum-llmobs-proxy/image"
-    ]
+def test_the_default_image_gets_a_note_or_is_refused() -> None:
+    unpublished = (
+        f"image rum-llmobs-proxy:{__version__} is the default, which no registry publishes: build and push the "
+        "image, then pass --image or set the annotation rum-llmobs-proxy/image"
+    )
+    assert inject(load_manifests(OWN_INIT), InjectOptions()).notes == [f"Deployment/-/bot: {unpublished}"]
+    with pytest.raises(InjectError) as raised:
+        inject(load_manifests(OWN_INIT), InjectOptions(require_image=True))
+    assert raised.value.problems == [f"Deployment/-/bot: {unpublished}"]
+    # Named explicitly (a locally loaded image, kind load docker-image), the same reference is accepted.
+    explicit = InjectOptions(image=f"rum-llmobs-proxy:{__version__}", require_image=True)
+    assert sidecar_of(injected(inject_documents(load_manifests(OWN_INIT), explicit))[0])["image"] == explicit.image
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -600,4 +643,185 @@ def test_every_problem_is_reported_at_once() -> None:
         "document 3",
         "Deployment/prod/bot",
         "Deployment/prod/b2",
+    ]
+
+
+# ---------------------------------------------------------------- Kubernetes versions, ports, protocols
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_every_fixture_is_valid_and_reaches_the_proxy_on(version: str) -> None:
+    """1.29 (native sidecars on by default) through the newest schemas: strict schema validation, and every
+    retargeted Service port resolved the way that version's endpoints controller resolves it."""
+    for fixture in INJECTABLE:
+        before, after = load(fixture), injected_fixture(fixture)
+        for obj in objects(after):
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.SchemaNotFoundError:
+                assert "." in obj["apiVersion"].rpartition("/")[0], f"{fixture}: no schema for {ref(obj)}"
+        for workload in injected(after):
+            pod = template_of(workload)["spec"]  # type: ignore[index]
+            proxy_port = int(env_value(sidecar_of(workload), "RUM_PROXY_PORT"))
+            for service in (o for o in objects(after) if o["kind"] == "Service" and selects(o, workload)):
+                old = find(before, ref(service))
+                for port, was in zip(service["spec"]["ports"], old["spec"]["ports"], strict=True):
+                    if port != was:
+                        reached = resolve_port(pod, port["targetPort"], port.get("protocol", "TCP"), version)
+                        assert reached == ("rum-llmobs-proxy", proxy_port), f"{fixture}: {ref(service)} on {version}"
+
+
+def test_an_earlier_named_target_port_becomes_the_number() -> None:
+    """Output of the previous injector (targetPort and policy port rum-proxy) routes on 1.29-1.32 once re-injected."""
+    docs = injected_fixture("chart.yaml")
+    find(docs, "Service/-/support-bot")["spec"]["ports"][1]["targetPort"] = "rum-proxy"
+    find(docs, "NetworkPolicy/-/support-bot")["spec"]["ingress"][0]["ports"][1] = {"port": "rum-proxy"}
+    again = inject_documents(docs, OPTIONS)
+    assert again == injected_fixture("chart.yaml")
+
+
+SHIPPER_FIRST = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: bot
+  labels: {rum-llmobs-proxy/inject: "true"}
+  annotations: {rum-llmobs-proxy/agent-container: app, rum-llmobs-proxy/agent-port: "8000"}
+spec:
+  selector: {matchLabels: {app: bot}}
+  template:
+    metadata: {labels: {app: bot}}
+    spec:
+      containers:
+        - {name: shipper, image: example/shipper:1, ports: [{name: http, containerPort: 9000}]}
+        - name: app
+          image: example/bot:2
+          ports: [{name: http, containerPort: 8000}, {name: dns, containerPort: 8053, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bot}
+spec:
+  selector: {app: bot}
+  ports:
+    - {name: by-name, port: 80, targetPort: http}
+    - {name: by-number, port: 81, targetPort: 8000}
+    - {name: udp-number, port: 82, targetPort: 8000, protocol: UDP}
+    - {name: udp-name, port: 83, targetPort: dns, protocol: UDP}
+"""
+
+
+def test_target_ports_resolve_as_kubernetes_resolves_them() -> None:
+    """A name is the first container's port of that name and protocol (here the shipper's 9000, not the agent's),
+    a number over UDP is another port: only the TCP port that really reaches the agent goes to the proxy."""
+    result = inject(load_manifests(SHIPPER_FIRST), OPTIONS)
+    service = result.documents[1]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http", 8080, 8000, "dns"]
+    assert result.changed == ["Service/-/bot: port by-number now targets 8080 (rum-proxy)"]
+    check_service_ports(load_manifests(SHIPPER_FIRST), result.documents)
+
+
+POLICY = """\
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bot}
+spec:
+  podSelector: {matchLabels: {app: bot}}
+  ingress:
+    - ports: [{port: 8000, endPort: 8100}]
+    - ports: [{port: 8000, protocol: UDP}]
+    - ports: [{port: http}]
+    - ports: [{port: 8000}]
+"""
+
+
+def test_network_policy_ports_by_number_range_and_protocol() -> None:
+    docs = inject_documents(load_manifests(SHIPPER_FIRST + POLICY), OPTIONS)
+    assert [rule["ports"] for rule in docs[2]["spec"]["ingress"]] == [
+        [{"port": 8000, "endPort": 8100}],  # the range already allows the proxy's 8080
+        [{"port": 8000, "protocol": "UDP"}],  # not the agent's TCP port
+        [{"port": "http"}],  # the shipper's port, by Kubernetes' resolution
+        [{"port": 8000}, {"port": 8080, "protocol": "TCP"}],
+    ]
+
+
+# ---------------------------------------------------------------- PYTHONPATH
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("/app", "/rum-llmobs-hook:/app"),
+        (":/app", "/rum-llmobs-hook::/app"),  # the empty entry is the working directory: kept
+        ("/app:", "/rum-llmobs-hook:/app:"),
+        ("/app::/lib", "/rum-llmobs-hook:/app::/lib"),
+        ("", "/rum-llmobs-hook"),  # an empty value has no entry at all (not the working directory)
+        ("/app:/rum-llmobs-hook", "/rum-llmobs-hook:/app"),  # what the previous injector wrote: moved first
+        ("/datadog-lib/:/app", "/rum-llmobs-hook:/datadog-lib/:/app"),
+    ],
+)
+def test_pythonpath_gets_the_hook_first_and_keeps_every_entry(value: str, expected: str) -> None:
+    docs = load_manifests(OWN_INIT.replace("ports: [{containerPort: 8000}]", "ports: [{containerPort: 8000}], env: []"))
+    env_of_main = template_of(docs[0])["spec"]["containers"][0]["env"]  # type: ignore[index]
+    env_of_main.append({"name": "PYTHONPATH", "value": value})
+    result = inject(docs, OPTIONS)
+    assert env_value(agent_of(result.documents[0]), "PYTHONPATH") == expected
+    assert result.warnings == []
+    check_hook_wiring(docs, result.documents)
+    assert inject_documents(result.documents, OPTIONS) == result.documents
+
+
+def test_no_pythonpath_warns_and_the_annotation_keeps_the_images() -> None:
+    result = inject(load_manifests(OWN_INIT), OPTIONS)
+    assert env_value(agent_of(result.documents[0]), "PYTHONPATH") == "/rum-llmobs-hook"
+    assert result.warnings == [
+        "Deployment/-/bot: container main sets no PYTHONPATH, so PYTHONPATH=/rum-llmobs-hook replaces any "
+        "PYTHONPATH its image sets (ENV PYTHONPATH=/app is common) and the agent may no longer import its own code; "
+        "state the image's value with the annotation rum-llmobs-proxy/image-pythonpath (empty when it has none), "
+        "or add it to the container's env"
+    ]
+    for stated, expected in [("/app:/app/vendor", "/rum-llmobs-hook:/app:/app/vendor"), ("", "/rum-llmobs-hook")]:
+        docs = load_manifests(OWN_INIT)
+        docs[0]["metadata"]["annotations"] = {"rum-llmobs-proxy/image-pythonpath": stated}
+        result = inject(docs, OPTIONS)
+        assert env_value(agent_of(result.documents[0]), "PYTHONPATH") == expected
+        assert result.warnings == []
+        check_hook_wiring(docs, result.documents)
+        assert inject_documents(result.documents, OPTIONS) == result.documents, "stable: the env now has it"
+
+
+# ---------------------------------------------------------------- anchors, missing templates
+
+
+def test_aliases_are_copies_the_selector_and_the_other_container_stay() -> None:
+    before = load("anchors.yaml")
+    docs = injected_fixture("anchors.yaml")
+    planner = find(docs, "Deployment/agents/planner")
+    assert planner["spec"]["selector"] == {"matchLabels": {"app": "planner"}}, "immutable: never changed"
+    worker = template_of(planner)["spec"]["containers"][1]  # type: ignore[index]
+    assert worker == template_of(find(before, "Deployment/agents/planner"))["spec"]["containers"][1]  # type: ignore[index]
+    assert env_value(agent_of(planner), "PYTHONPATH") == "/rum-llmobs-hook::/app"
+    assert not re.search(r"[&*]id\d+", dump_manifests(docs)), "written out, no anchors or aliases"
+
+
+def test_alias_expansion_is_bounded() -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(7)
+    )
+    with pytest.raises(InjectError) as raised:
+        inject_documents(load_manifests(bomb), OPTIONS)
+    assert raised.value.problems == ["more than 2000000 values once YAML aliases are expanded"]
+
+
+@pytest.mark.parametrize("spec", ["{replicas: 1}", "{template: null}", "{jobTemplate: {spec: {}}}"])
+def test_an_opted_in_workload_without_a_pod_template_is_refused(spec: str) -> None:
+    kind = "CronJob" if "jobTemplate" in spec else "Deployment"
+    api = "batch/v1" if kind == "CronJob" else "apps/v1"
+    metadata = '{name: bot, labels: {rum-llmobs-proxy/inject: "true"}}'
+    text = f"apiVersion: {api}\nkind: {kind}\nmetadata: {metadata}\nspec: {spec}\n"
+    with pytest.raises(InjectError) as raised:
+        inject_documents(load_manifests(text), OPTIONS)
+    assert raised.value.problems == [
+        f"{kind}/-/bot: opted in, but it has no pod template (spec.template) to add the proxy to"
     ]

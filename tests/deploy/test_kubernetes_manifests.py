@@ -69,7 +69,7 @@ def test_the_metrics_port_is_left_alone(example: tuple[list[Doc], list[Doc]]) ->
     service = next(o for o in objects(after) if o["kind"] == "Service")
     assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [
         ("metrics", "metrics"),
-        ("http", "rum-proxy"),
+        ("http", 8080),
     ]
 
 
