@@ -30,6 +30,7 @@ from datadog_api_client.v1.model.monitor import Monitor
 from tests.hardening.proxyproc import ProxyProcess, start_proxy
 from tests.hardening.upstreams import LoopThread
 from tests.support import datadog_check as dd
+from tests.support.datadog_check import terms
 from tests.support.processes import REPO
 
 pytestmark = pytest.mark.integration
@@ -149,38 +150,6 @@ def test_every_session_source_is_counted_under_its_tag(measured: Measurement) ->
 
 
 # ---- queries: what they name -------------------------------------------------------------------------------------
-TERM = re.compile(
-    r"(?:(?P<aggregation>sum|avg|min|max|count|p50|p75|p90|p95|p99):)?(?P<metric>[a-z][a-z0-9_.]*)"
-    r"\{(?P<filter>[^}]*)\}(?:\s*by\s*\{(?P<by>[^}]*)\})?(?P<function>\.as_count\(\)|\.as_rate\(\))?"
-)
-
-
-@dataclass
-class Term:
-    aggregation: str | None
-    metric: str
-    filters: list[str]
-    by: list[str]
-    function: str | None
-
-
-def terms(query: str) -> list[Term]:
-    found = [
-        Term(
-            m["aggregation"],
-            m["metric"],
-            [item.strip() for item in m["filter"].split(",") if item.strip()],
-            [item.strip() for item in (m["by"] or "").split(",") if item.strip()],
-            m["function"],
-        )
-        for m in TERM.finditer(query)
-    ]
-    braces = sum(1 + bool(term.by) for term in found)
-    assert braces == query.count("{"), f"a part of {query!r} is not a metric query this test understands"
-    assert found, query
-    return found
-
-
 def problems(query: str, series: dict[str, dd.Series], variables: dict[str, str]) -> list[str]:
     """Why `query` would draw nothing (or the wrong thing) from what the check submits; [] if nothing."""
     found = []

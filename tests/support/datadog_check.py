@@ -13,6 +13,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -236,3 +237,38 @@ def wait_for_counts(proxy: ProxyProcess, requests: int, timeout: float = GUARD) 
     while (counted := proxy.metric_sum("rum_proxy_requests_total")) < requests:
         assert time.monotonic() < deadline, f"{counted} of {requests} requests counted after {timeout}s"
         time.sleep(0.05)  # interval of a bounded poll of another process's published counters
+
+
+# ---- Datadog metric queries, as far as the dashboard and monitors use them -----------------------------------------
+TERM = re.compile(
+    r"(?:(?P<aggregation>sum|avg|min|max|count|p50|p75|p90|p95|p99):)?(?P<metric>[a-z][a-z0-9_.]*)"
+    r"\{(?P<filter>[^}]*)\}(?:\s*by\s*\{(?P<by>[^}]*)\})?(?P<function>\.as_count\(\)|\.as_rate\(\))?"
+)
+
+
+@dataclass
+class Term:
+    """One `aggregation:metric{filters} by {tags}.function` part of a query."""
+
+    aggregation: str | None
+    metric: str
+    filters: list[str]
+    by: list[str]
+    function: str | None
+
+
+def terms(query: str) -> list[Term]:
+    found = [
+        Term(
+            m["aggregation"],
+            m["metric"],
+            [item.strip() for item in m["filter"].split(",") if item.strip()],
+            [item.strip() for item in (m["by"] or "").split(",") if item.strip()],
+            m["function"],
+        )
+        for m in TERM.finditer(query)
+    ]
+    braces = sum(1 + bool(term.by) for term in found)
+    assert braces == query.count("{"), f"a part of {query!r} is not a metric query this test understands"
+    assert found, query
+    return found
