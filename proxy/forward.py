@@ -26,6 +26,7 @@ from proxy.headers import (
     RequestHead,
     ResponseFraming,
     downstream_response_head,
+    forwards_to_itself,
     response_framing,
     upstream_request_head,
 )
@@ -163,6 +164,11 @@ class Exchange:
                 self.logged = True
                 proxy.log_bad_request(refusal.status, refusal.error, refusal.reason)
             self.refuse(refusal)
+            return
+        if b"via" in head.index and forwards_to_itself(head, proxy.rules.via_token):
+            # The request came back through this proxy: its upstream leads to itself (RFC 9110 §7.6.3).
+            logger.error("forwarding_loop", upstream=proxy.pool.address, path=self.path)
+            self.fail("loop", f"the request came back to this proxy: its upstream {proxy.pool.address} leads to it")
             return
         if proxy.in_flight > proxy.limits.max_in_flight:
             self.fail("overloaded", "too many requests in flight", retry_after=1)

@@ -4,18 +4,11 @@ other — is stopped by the Via pseudonym each adds to every request it forwards
 
 from __future__ import annotations
 
-import pytest
-
 from tests.hardening.conftest import ProxyFactory
 from tests.hardening.rawhttp import build_request, exchange
 from tests.support.processes import free_port
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 17 item 12: the core does not yet answer a request whose Via names the proxy "
-    "(proxy.headers.forwards_to_itself(head, rules.via_token)) with 508 loop_detected",
-)
 def test_a_request_that_comes_back_is_answered_508_once(running_proxy: ProxyFactory) -> None:
     port_a, port_b = free_port(), free_port()
     proxy_a = running_proxy(f"http://127.0.0.1:{port_b}", port=port_a, MAX_CONNECTIONS=8)
