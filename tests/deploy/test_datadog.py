@@ -50,22 +50,6 @@ def injected() -> dict[str, Any]:
     return dd.injected_pod_template()
 
 
-@cache
-def annotation_names_metrics_as_the_dashboard_does() -> bool:
-    """False while `inject` still writes the first annotation (namespace + `rum_proxy_.*`: every name doubled as
-    rum_llmobs_proxy.rum_proxy_..., histogram as buckets, _created noise); the change is in /tmp/team notes for the
-    owner of proxy/inject (issue 19), from issue 21."""
-    (instance,) = dd.openmetrics_annotation(injected())["instances"]
-    return bool(instance.get("raw_metric_prefix") == "rum_proxy_")
-
-
-needs_annotation = pytest.mark.xfail(
-    not annotation_names_metrics_as_the_dashboard_does(),
-    strict=True,
-    reason="issue 21: inject's openmetrics annotation doubles the prefix and sends the histogram as buckets",
-)
-
-
 # ---- what the Agent's check submits --------------------------------------------------------------------------------
 @dataclass
 class Measurement:
@@ -123,7 +107,6 @@ def recorded_rows() -> list[str]:
     return [line for line in block.strip().splitlines() if line.startswith("| `")]
 
 
-@needs_annotation
 def test_the_agent_submits_exactly_the_recorded_reference(measured: Measurement) -> None:
     """deploy/datadog/README.md lists what the check submits; single process and workers submit the same."""
     assert reference_rows(measured.series) == recorded_rows(), (
@@ -137,7 +120,6 @@ def test_no_metric_carries_a_tag_key_datadog_reserves(measured: Measurement) -> 
         assert not (set(series.tags) & dd.RESERVED_TAG_KEYS), (series.name, sorted(series.tags))
 
 
-@needs_annotation
 def test_every_session_source_is_counted_under_its_tag(measured: Measurement) -> None:
     requests = measured.series[f"{NAMESPACE}.requests.count"]
     assert requests.tags["session_source"] >= {*WITH_SESSION, "none"}
@@ -250,11 +232,9 @@ def test_template_variables_are_the_tags_inject_sets() -> None:
     for tag, label in dd.AGENT_TAGS.items():
         assert label is None or label in labels, f"the {tag} tag needs the pod label {label}"
     (instance,) = dd.openmetrics_annotation(injected())["instances"]
-    if annotation_names_metrics_as_the_dashboard_does():
-        assert "pod_name:%%kube_pod_name%%" in instance["tags"]
+    assert "pod_name:%%kube_pod_name%%" in instance["tags"]
 
 
-@needs_annotation
 def test_every_dashboard_query_names_what_the_check_submits(measured: Measurement) -> None:
     _, data = load(DASHBOARD, Dashboard)
     variables = {v["name"]: v["prefix"] for v in data["template_variables"]}
@@ -284,7 +264,6 @@ def test_the_query_check_catches_a_misnamed_metric_and_tag() -> None:
     assert problems(f"p95:{NAMESPACE}.request_duration_seconds.sum{{*}}", series, variables)
 
 
-@needs_annotation
 def test_the_coverage_widget_shows_the_share_of_requests_sent_with_a_session(single: Measurement) -> None:
     """Evaluated on what the check submitted after 5 requests with a valid ID (one per source) and 2 without (none,
     invalid), 1 the agent failed and 1 malformed: 5 of 8, or of 9 when the proxy counts the parser's 400 as a
@@ -339,14 +318,12 @@ def test_the_three_monitors_exist() -> None:
     assert [p.stem for p in MONITORS] == ["coverage", "errors", "no-traffic"]
 
 
-@needs_annotation
 @pytest.mark.parametrize("path", MONITORS, ids=[p.stem for p in MONITORS])
 def test_every_monitor_query_names_what_the_check_submits(path: Path, measured: Measurement) -> None:
     query = json.loads(path.read_text())["query"]
     assert problems(query, measured.series, {}) == []
 
 
-@needs_annotation
 def test_the_no_traffic_monitor_watches_a_series_submitted_before_any_request() -> None:
     """A proxy that never had a request has no rum_proxy_requests_total sample (its labels are not known yet):
     the no-traffic monitor must watch a series the check submits anyway, or it would stay silent exactly then."""
