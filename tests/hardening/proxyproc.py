@@ -198,3 +198,25 @@ def start_proxy(
     upstream_url: str, *, extra_env: dict[str, str] | None = None, port: int | None = None, **settings_: object
 ) -> ProxyProcess:
     return ProxyProcess(upstream_url, {**proxy_env(**settings_), **(extra_env or {})}, port=port).wait_ready()
+
+
+def loopback_queues_empty(port: int) -> bool:
+    """No byte waits in a loopback TCP queue towards `port`: every client's send queue is empty, and so is the
+    receive queue of every connection accepted on it (/proc/net/tcp, tx_queue:rx_queue in hex). Polled, it tells
+    when the proxy has read everything its clients sent (uvloop hands what it reads to the protocol at once)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
+        tx_queue, rx_queue = (int(value, 16) for value in fields[4].split(":"))
+        if (local == port and rx_queue) or (remote == port and tx_queue):
+            return False
+    return True
+
+
+def wait_read_everything(port: int, timeout: float = GUARD) -> None:
+    """Bounded poll until the proxy listening on `port` has read every byte its clients sent."""
+    deadline = time.monotonic() + timeout
+    while not loopback_queues_empty(port):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the proxy on port {port} left client bytes unread for {timeout}s")
+        time.sleep(0.005)  # interval of a bounded poll of the kernel's socket queues

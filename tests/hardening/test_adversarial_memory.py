@@ -11,11 +11,11 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from tests.hardening.conftest import GUARD, SESSION_ID, ProxyFactory, ProxyProcess
+from tests.hardening.proxyproc import loopback_queues_empty
 from tests.hardening.rawhttp import Connection, build_request, exchange, send_until_blocked, small_window_connection
 from tests.hardening.upstreams import LoopThread, RecordingUpstream, ScriptedUpstream, read_request_head
 
@@ -248,18 +248,6 @@ INSPECT_BUDGET_ENV = {"RUM_PROXY_MAX_INSPECT_TOTAL_BYTES": str(16 * MIB)}
 INSPECT_LIMIT = 48 * MIB
 
 
-def all_read(port: int) -> bool:
-    """No byte waits in a loopback TCP queue towards `port`: every client's send queue is empty and so is the receive
-    queue of every connection the proxy accepted on it (/proc/net/tcp: tx_queue:rx_queue in hex)."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote, queues = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16), fields[4]
-        tx_queue, rx_queue = (int(value, 16) for value in queues.split(":"))
-        if (local == port and rx_queue) or (remote == port and tx_queue):
-            return False
-    return True
-
-
 def json_body(size: int, tag: int) -> bytes:
     """A JSON object of exactly `size` bytes whose session_id comes last, after the padding."""
     shell = json.dumps({"tag": tag, "pad": "", "session_id": SESSION_ID}).encode()
@@ -286,7 +274,7 @@ def test_many_slow_inspected_bodies_are_bounded_as_a_whole(
             if tag % 8 == 7:
                 watch.sample()
         # Every body but its last byte is sent: wait until the proxy has read all of it off its sockets.
-        watch.poll(lambda: all_read(proxy.port), timeout=GUARD, limit=INSPECT_LIMIT)
+        watch.poll(lambda: loopback_queues_empty(proxy.port), timeout=GUARD, limit=INSPECT_LIMIT)
         held = watch.growth
         for conn, body in zip(connections, bodies, strict=True):
             conn.send(body[-1:])
