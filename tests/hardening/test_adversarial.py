@@ -13,12 +13,12 @@ import functools
 import gzip
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
 
-from tests.hardening.conftest import GUARD, ProxyFactory, ProxyProcess, assert_error_answer
+from tests.hardening.conftest import GUARD, ProxyFactory, ProxyProcess, assert_error_answer, start_proxy
 from tests.hardening.proxyproc import wait_read_everything
 from tests.hardening.rawhttp import (
     Connection,
@@ -61,6 +61,14 @@ def head_says_close(response: Response) -> bool:
 
 
 Script = Callable[[ScriptedUpstream, asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
+
+
+@pytest.fixture(scope="module")
+def proxy(module_upstream: RecordingUpstream) -> Iterator[ProxyProcess]:
+    """One proxy with default settings for the tests that need nothing else (each starts from a reset upstream)."""
+    process = start_proxy(module_upstream.url)
+    yield process
+    process.stop()
 
 
 def scripted(upstream_loop: LoopThread, script: Script) -> ScriptedUpstream:
@@ -277,12 +285,11 @@ def test_after_an_early_answer_the_next_request_is_read(running_proxy: ProxyFact
     strict=True, reason="issue 17 item 5: HTTP/1.0 keep-alive + chunked upstream: no framing, keep-alive"
 )
 def test_an_http10_keep_alive_client_gets_a_close_delimited_stream(
-    running_proxy: ProxyFactory, upstream: RecordingUpstream
+    proxy: ProxyProcess, upstream: RecordingUpstream
 ) -> None:
     """HTTP/1.0 has no chunked coding: the stream's end must be the connection's close (h11's rule), so the head
     must not promise keep-alive, and the client gets every event then EOF. Today: `connection: keep-alive`, an
     unframed body, and the connection left open (the client hangs)."""
-    proxy = running_proxy(upstream.url)
     with Connection(proxy.port) as conn:
         conn.send(b"GET /sse/http10 HTTP/1.0\r\nHost: proxy.test\r\nConnection: keep-alive\r\n\r\n")
         head = conn.read_head()
@@ -401,12 +408,11 @@ def test_an_upload_longer_than_the_upstream_idle_timeout_succeeds(
 
 @pytest.mark.xfail(strict=True, reason="issue 17 item 8: a queued request's Connection: close is ignored")
 def test_a_queued_request_with_connection_close_ends_the_connection(
-    running_proxy: ProxyFactory, upstream: RecordingUpstream
+    proxy: ProxyProcess, upstream: RecordingUpstream
 ) -> None:
     """Two pipelined GETs, the second with `Connection: close`: its answer says close and the connection ends
     after it; a third request sent then is neither read nor forwarded. Today the second is answered keep-alive
     and the third is forwarded and answered."""
-    proxy = running_proxy(upstream.url)
     with Connection(proxy.port) as conn:
         conn.send(build_request("GET", "/queued/1") + build_request("GET", "/queued/2", [("Connection", "close")]))
         first, second = conn.read_response(), conn.read_response()
@@ -431,13 +437,12 @@ AFTER_CLOSE = {
 
 @pytest.mark.xfail(strict=True, reason="issue 17 item 8: bytes after a Connection: close request make it a 400")
 def test_bytes_after_a_connection_close_request_do_not_spoil_it(
-    running_proxy: ProxyFactory, upstream: RecordingUpstream
+    proxy: ProxyProcess, upstream: RecordingUpstream
 ) -> None:
     """A valid request with `Connection: close`, and more bytes in the same write (a whole request, a CRLF,
     garbage, half a request; each twice, on its own connection): the request is forwarded and answered, then the
     connection closes; what followed is never read. Today most of them turn it into a 400 (llhttp: "Data after
     `Connection: close`") and the valid request is never forwarded; which ones depends on timing."""
-    proxy = running_proxy(upstream.url)
     failures = []
     for name, after in list(AFTER_CLOSE.items()) * 2:
         upstream.reset()
@@ -469,11 +474,10 @@ QUEUED_BEHIND_A_STREAM = {
 @pytest.mark.xfail(strict=True, reason="issue 17 item 8: a request queued behind a stream cuts the stream in flight")
 @pytest.mark.parametrize("queued", list(QUEUED_BEHIND_A_STREAM), ids=list(QUEUED_BEHIND_A_STREAM))
 def test_a_request_queued_behind_a_stream_does_not_cut_it(
-    running_proxy: ProxyFactory, upstream: RecordingUpstream, queued: str
+    proxy: ProxyProcess, upstream: RecordingUpstream, queued: str
 ) -> None:
     """An SSE stream is under way; the client pipelines a malformed request (or a WebSocket upgrade) behind it.
     The stream must finish whole; the malformed one is answered 400 after it. Today the stream is cut at once."""
-    proxy = running_proxy(upstream.url)
     with Connection(proxy.port) as conn:
         conn.send(build_request("GET", "/sse/pipelined"))
         head = conn.read_head()
@@ -587,19 +591,17 @@ def test_a_request_with_a_bad_host_is_400_and_not_forwarded(
     assert_error_answer(response, 400, "bad_request")
 
 
-def test_an_http10_request_without_host_is_forwarded(running_proxy: ProxyFactory, upstream: RecordingUpstream) -> None:
+def test_an_http10_request_without_host_is_forwarded(proxy: ProxyProcess, upstream: RecordingUpstream) -> None:
     """The control: HTTP/1.0 has no Host requirement (passes today)."""
-    proxy = running_proxy(upstream.url)
     response = exchange(proxy.port, b"GET /host10 HTTP/1.0\r\n\r\n")
     assert response.status == 200
     assert [seen.target for seen in upstream.requests] == ["/host10"]
 
 
 @pytest.mark.xfail(strict=True, reason="issue 17 item 11: 100 Continue is sent to HTTP/1.0 clients")
-def test_no_100_continue_for_an_http10_client(running_proxy: ProxyFactory, upstream: RecordingUpstream) -> None:
+def test_no_100_continue_for_an_http10_client(proxy: ProxyProcess, upstream: RecordingUpstream) -> None:
     """RFC 9110 §10.1.1: a server MUST NOT send 100 Continue to an HTTP/1.0 client. Today it is the first thing
     the client reads."""
-    proxy = running_proxy(upstream.url)
     with Connection(proxy.port) as conn:
         conn.send(
             b"POST /continue10 HTTP/1.0\r\nHost: proxy.test\r\nExpect: 100-continue\r\n"
@@ -697,14 +699,14 @@ def test_a_gzip_transfer_coded_response_arrives_decodable(
 
 
 @pytest.mark.xfail(strict=True, reason="issue 17 item 11: CONNECT is logged twice")
-def test_a_connect_request_is_logged_once(running_proxy: ProxyFactory, upstream: RecordingUpstream) -> None:
+def test_a_connect_request_is_logged_once(proxy: ProxyProcess, upstream: RecordingUpstream) -> None:
     """CONNECT is refused (405); one log line says so, not two. Another request's line is waited for, so every
     line of the CONNECT has been written."""
-    proxy = running_proxy(upstream.url)
+    before = len(proxy.lines())
     response = exchange(proxy.port, b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n")
     assert response.status == 405
     assert exchange(proxy.port, build_request("GET", "/marker")).status == 200
     proxy.wait_for_request_line("/marker")
-    lines = [line for line in proxy.lines() if "CONNECT" in str(line) or line.get("event") == "bad_request"]
+    lines = [line for line in proxy.lines()[before:] if line.get("path") != "/marker"]
     assert len(lines) == 1, lines
     assert upstream.by_target("example.test") == []
