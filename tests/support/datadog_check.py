@@ -149,7 +149,8 @@ def _answer(target: str) -> RawAnswer:
         return RawAnswer(b"HTTP/1.1 2OO NOT A STATUS\r\n\r\n", "close")
     if target.startswith("/stream"):
         head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-        return RawAnswer(head + b"e\r\ndata: first\n\n\r\n", "hang")
+        event = b"data: first\n\n"
+        return RawAnswer(head + b"%x\r\n%s\r\n" % (len(event), event), "hang")
     if target.startswith("/ws"):
         upgrade = f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {WS_ACCEPT}\r\n\r\n"
         return RawAnswer(b"HTTP/1.1 101 Switching Protocols\r\n" + upgrade.encode(), "hang")

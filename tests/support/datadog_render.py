@@ -402,7 +402,7 @@ def draw(steps: list[dict[Context, float]], out: Path) -> None:
             0.95,
             textwrap.fill(
                 "Request duration counts from the request's start to the end of its response, streams included: "
-                "the streams held open for many steps are the p99 peaks (log scale). Open streams include the "
+                "the streams held open for many steps are the p99 peaks (log scale). Requests in flight include the "
                 "bridged WebSockets. 499: a client that left during its stream; 101: WebSockets. Monitors "
                 "(deploy/datadog/monitors) watch coverage, agent errors per request and pods with no traffic.",
                 60,
