@@ -7,11 +7,16 @@ and ReplicaSet with `all_workloads`):
 
 - pod spec: the hook copier (init container) and the proxy as a native sidecar (`initContainers` entry with
   `restartPolicy: Always`) first, the hook `emptyDir` and the proxy's `/tmp`, a grace period long enough to drain;
-- agent container: the hook directory appended to `PYTHONPATH`, `RUM_PROXY_SESSION_HEADER`, the hook mount;
+- agent container: the hook directory first on `PYTHONPATH` (every other entry kept), `RUM_PROXY_SESSION_HEADER`,
+  the hook mount;
 - pod metadata: unified service tags for the sidecar and Datadog Autodiscovery annotations (logs, openmetrics);
 - Services in the same stream that select the workload: only the ports whose `targetPort` reaches the agent's
-  port (by number or by name) now target the proxy's named port; every other port is left as it was;
+  port, resolved as Kubernetes resolves it, now target the proxy's port by number (a name would reach a native
+  sidecar only from Kubernetes 1.33); every other port is left as it was;
 - NetworkPolicies in the same stream: an ingress rule that allows the agent's port also allows the proxy's.
+
+Documents are copied as trees first: a YAML alias loads as the object its anchor names, and must not carry a
+change to the other place (a selector, another container's env).
 
 Every step replaces what a previous run added instead of adding to it, so running it twice equals running it once.
 """
