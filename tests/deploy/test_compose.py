@@ -134,7 +134,13 @@ def test_agent_dockerfile_passes_hadolint(services: dict[str, Any]) -> None:
     result = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     base = next(args for keyword, args in parse_dockerfile(DOCKERFILE.read_text()) if keyword == "ARG")
-    assert next(args for keyword, args in _agent_dockerfile(services) if keyword == "FROM") == base.split("=", 1)[1]
+    agent = _agent_dockerfile(services)
+    # The same base and build argument as the proxy's Dockerfile; compose passes it to both.
+    assert next(args for keyword, args in agent if keyword == "ARG") == base
+    assert next(args for keyword, args in agent if keyword == "FROM") == "${PYTHON_IMAGE}"
+    assert {s["build"]["args"]["PYTHON_IMAGE"] for s in (services["agent"], services["proxy"])} == {
+        "${PYTHON_IMAGE:-" + base.split("=", 1)[1] + "}"
+    }
 
 
 def test_no_secret_committed() -> None:

@@ -19,8 +19,10 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ import yaml
 
 from tests.e2e.sessions import WORKFLOW_TOOL_LLM, assert_every_span_has_session, chat, new_session_id, wait_for_session
 from tests.support.processes import free_port, http_status
-from tests.support.testagent import TestAgent
+from tests.support.testagent import TestAgent, session_id_of
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("RUM_IMAGE", "localhost/rum-llmobs-proxy:image-test")
@@ -279,3 +281,86 @@ def test_sigterm_lets_an_open_stream_finish_then_exits_0(pod: Pod) -> None:
     events = [json.loads(line).get("event") for line in logs if line.startswith("{")]
     # The stream's request is logged when it finished: after draining began, before the proxy stopped.
     assert "draining" in events and events[events.index("draining") :][-2:] == ["request", "stopped"], logs
+
+
+COMPOSE_FILE = REPO / "deploy" / "compose" / "compose.yaml"
+COMPOSE_PROJECT = "rum-llmobs-proxy"
+
+
+def compose_commands() -> dict[str, list[str]]:
+    """The podman-compose commands compose.yaml's header gives (build, up, down), as argv."""
+    commands: dict[str, list[str]] = {}
+    for line in COMPOSE_FILE.read_text().splitlines():
+        text = line.removeprefix("#").strip()
+        if text.startswith("podman-compose "):
+            argv = shlex.split(text)
+            commands[argv[-1] if argv[-1] != "-d" else argv[-2]] = argv
+    return commands
+
+
+def compose(argv: list[str], env: dict[str, str], timeout: float = 900) -> None:
+    result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    # podman-compose 1.0.3 prints each podman command's "exit code: N" and exits 0 whatever they returned.
+    failed = [code for code in re.findall(r"^exit code: (\d+)$", result.stdout, re.MULTILINE) if code != "0"]
+    assert result.returncode == 0 and not failed, (
+        f"{shlex.join(argv)} exited {result.returncode}:\n{result.stdout[-5000:]}\n{result.stderr[-3000:]}"
+    )
+
+
+def test_compose_stack_runs_with_podman_compose() -> None:
+    """deploy/compose/compose.yaml, built and started by the commands its header gives for podman (Debian's
+    podman-compose), with the images built here: a session ID sent to the proxy's published port is on the
+    example agent's LLMObs spans at the test agent; the proxy runs hardened and its HEALTHCHECK passes."""
+    commands = compose_commands()
+    assert {"build", "up", "down"} <= commands.keys(), commands
+    for port in (8080, 8081, 8126):  # compose.yaml publishes fixed ports
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.fail(f"127.0.0.1:{port} is in use: compose.yaml publishes 8080, 8081 and 8126")
+    env = {
+        **os.environ,
+        "PYTHON_IMAGE": os.environ.get("RUM_IMAGE_BASE", "python:3.11.14-slim-bookworm"),
+        "DD_TEST_AGENT_IMAGE": TOOLS_IMAGE,
+    }
+    build = commands["build"]
+    ca = Path("/etc/ssl/certs/ca-certificates.crt")
+    if ca.exists():  # this machine's TLS setup, for pip inside the build (never baked in)
+        option = next(i for i, word in enumerate(build) if word.startswith("--podman-build-args="))
+        build[option] += f" --volume={ca}:{ca}:ro"
+    compose(build, env)
+    try:
+        compose(commands["up"], env)
+        test_agent = TestAgent("http://127.0.0.1:8126")
+        for what, url in (
+            ("proxy", "http://127.0.0.1:8081/readyz"),
+            ("test agent", test_agent.url + "/test/session/requests"),
+        ):
+            deadline = time.monotonic() + 90
+            while http_status(url) != 200:
+                assert time.monotonic() < deadline, f"compose {what} not ready"
+                time.sleep(0.2)  # poll interval of a bounded readiness loop
+        session_id = new_session_id()
+        request = urllib.request.Request(
+            "http://127.0.0.1:8080/chat",
+            data=json.dumps({"session_id": session_id, "message": "hi"}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        deadline = time.monotonic() + 90
+        while http_status("http://127.0.0.1:8080/health") != 200:  # the agent, through the proxy
+            assert time.monotonic() < deadline, "compose agent not ready"
+            time.sleep(0.2)  # poll interval of a bounded readiness loop
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.loads(response.read()) == {"reply": "ih"}
+        events = test_agent.wait_for_llmobs_spans(
+            lambda found: sum(session_id_of(e) == session_id for e in found) >= 2, timeout=30
+        )
+        mine = [e for e in events if session_id_of(e) == session_id]
+        assert sorted(e["name"] for e in mine) == ["chat", "echo"], events
+        proxy = f"{COMPOSE_PROJECT}_proxy_1"
+        status = podman("exec", proxy, "cat", "/proc/1/status").stdout
+        fields = dict(re.findall(r"^(\w+):\s*(.*)$", status, re.MULTILINE))
+        assert fields["Uid"].split()[0] == "10001" and int(fields["CapEff"], 16) == 0
+        assert podman("healthcheck", "run", proxy, check=False).returncode == 0
+    finally:
+        subprocess.run(commands["down"], cwd=REPO, env=env, capture_output=True, timeout=300, check=False)
+        podman("network", "rm", "--force", f"{COMPOSE_PROJECT}_default", check=False)
