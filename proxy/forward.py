@@ -374,10 +374,15 @@ class Exchange:
         self._plan = plan
         self.status = status
         self.response_state = RESPONSE_STREAMING
+        upstream = self.upstream
+        if self.request_state != REQUEST_SENT or (upstream is not None and upstream.flow.write_paused):
+            # An answer before the upstream had the whole request (an early 401/413): whether it reads the rest or
+            # not is unknown, so the connection is never reused (nginx's rule).
+            keep = False
         client.write(downstream_response_head(status, reason, headers, framing=framing, plan=plan))
         if plan.body == BODY_NONE:
-            if self.head.method == b"HEAD" and self.upstream is not None:
-                self.upstream.skip_body()
+            if self.head.method == b"HEAD" and upstream is not None:
+                upstream.skip_body()
             self._response_done(keep)
         elif plan.body != BODY_TUNNEL:
             self._keep_upstream = keep
