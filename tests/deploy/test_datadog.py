@@ -69,8 +69,7 @@ def measure(mode: str) -> Measurement:
         try:
             resolved = dd.resolve_template_variables(instance, "127.0.0.1", proxy.admin_port)
             sent = dd.drive_every_kind(proxy)
-            counted = sum(sent.values()) - sent["malformed"]  # a parser 400 may or may not be a counted request
-            dd.wait_for_counts(proxy, counted)
+            dd.wait_for_counts(proxy, sent)
             counts = dd.run_check(config.get("init_config") or {}, resolved)
             with dd.open_stream_and_websocket(proxy):
                 open_now = dd.run_check(config.get("init_config") or {}, resolved)

@@ -231,12 +231,28 @@ def open_stream_and_websocket(proxy: ProxyProcess) -> Iterator[None]:
         yield
 
 
-def wait_for_counts(proxy: ProxyProcess, requests: int, timeout: float = GUARD) -> None:
-    """Bounded poll of /metrics until `requests` requests are counted: a worker of RUM_PROXY_WORKERS publishes its
-    counts every second, so a scrape right after the traffic may not see them yet."""
+def wait_for_counts(proxy: ProxyProcess, sent: dict[str, int], timeout: float = GUARD) -> None:
+    """Bounded poll of /metrics until every request `drive_every_kind` sent is counted under its session source (a
+    worker of RUM_PROXY_WORKERS publishes its counts every second, so a scrape right after may not see them yet).
+    The malformed request is left out: whether the proxy counts a parser's 400 as a request is not asked here."""
+    wanted = {source: sent[source] for source in SOURCES if source not in ("none", "invalid")}
+    wanted["none"] = sent["none"] + sent["invalid"] + sent["broken"]
     deadline = time.monotonic() + timeout
-    while (counted := proxy.metric_sum("rum_proxy_requests_total")) < requests:
-        assert time.monotonic() < deadline, f"{counted} of {requests} requests counted after {timeout}s"
+    while True:
+        samples = proxy.metrics()
+        counted = {
+            source: sum(
+                value
+                for (name, labels), value in samples.items()
+                if name == "rum_proxy_requests_total"
+                and ("session_source", source) in labels
+                and (source != "none" or ("status", "400") not in labels)
+            )
+            for source in wanted
+        }
+        if all(counted[source] >= number for source, number in wanted.items()):
+            return
+        assert time.monotonic() < deadline, f"counted {counted} of {wanted} after {timeout}s"
         time.sleep(0.05)  # interval of a bounded poll of another process's published counters
 
 

@@ -156,8 +156,8 @@ def hold_open(proxy: ProxyProcess, streams: list[Connection], sockets: list[Conn
 def wait_until_counted(proxy: ProxyProcess, streams: int, sockets: int) -> None:
     """Closed streams and WebSockets are counted once the proxy saw the client leave: a bounded wait on that."""
     for _ in range(200):
-        # A WebSocket bridged to this aiohttp agent also counts as an open stream (not so with a raw 101 answer).
-        if proxy.metric_sum("rum_proxy_open_streams") in (streams, streams + sockets) and (
+        # A bridged WebSocket is a request in flight too: open_streams counts it.
+        if proxy.metric_sum("rum_proxy_open_streams") == streams + sockets and (
             proxy.metric_sum("rum_proxy_open_websockets") == sockets
         ):
             return
