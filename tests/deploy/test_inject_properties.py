@@ -14,7 +14,8 @@ from proxy.inject import InjectError, InjectOptions, inject_documents
 OPTIONS = InjectOptions(image="registry.example.com/rum-llmobs-proxy:0.1.0")
 PORT_NUMBERS = [80, 5000, 8000, 8080, 8081, 8082, 9090]
 PORT_NAMES = ["http", "web", "metrics", "grpc", "api", "admin", "debug", "stats", "health"]
-PATH_ENTRIES = ["/app", "/datadog-lib/", "/rum-llmobs-hook", "/srv/lib"]
+# "" is an empty entry (the working directory for Python): kept wherever it is.
+PATH_ENTRIES = ["/app", "/datadog-lib/", "/rum-llmobs-hook", "/srv/lib", ""]
 
 
 @st.composite
@@ -43,7 +44,7 @@ def stream(draw: st.DrawFn) -> list[Doc]:
         if declared := draw(ports(taken, taken_names)):
             container["ports"] = declared
         if draw(st.booleans()):
-            entries = draw(st.lists(st.sampled_from(PATH_ENTRIES), min_size=1, max_size=3, unique=True))
+            entries = draw(st.lists(st.sampled_from(PATH_ENTRIES), min_size=0, max_size=3, unique=True))
             container["env"] = [{"name": "PYTHONPATH", "value": ":".join(entries)}]
         containers.append(container)
     annotations = {}
@@ -71,6 +72,8 @@ def stream(draw: st.DrawFn) -> list[Doc]:
         port: dict[str, Any] = {"name": f"p{index}", "port": 80 + index}
         if draw(st.booleans()):
             port["targetPort"] = target
+        if draw(st.integers(0, 3)) == 0:
+            port["protocol"] = "UDP"  # never sent to the proxy
         service_ports.append(port)
     service = {
         "apiVersion": "v1",
