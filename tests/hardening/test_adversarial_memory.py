@@ -39,8 +39,10 @@ class RssWatch:
 
     @property
     def growth(self) -> int:
-        """How far RSS rose above where it started (the kernel's peak included)."""
-        return max(self.highest, self.proxy.peak_rss_bytes()) - self.start
+        """How far RSS rose above where it started (the kernel's peak included, once it passed the peak the
+        process had before: start-up may have been higher than the RSS the watch started from)."""
+        peak = self.proxy.peak_rss_bytes()
+        return max(self.highest, peak if peak > self.start_peak else 0) - self.start
 
     def poll(self, until: Callable[[], bool], *, timeout: float, limit: int) -> None:
         """Sample every 20 ms until `until()` holds, the growth passes `limit` (no need to watch further: the
