@@ -5,8 +5,8 @@
 
 DD_SITE defaults to datadoghq.com. The dashboard is found again by its title, each monitor by its
 `rum-llmobs-proxy-monitor:<file name>` tag: a second run updates them in place and creates nothing. The application
-key needs the dashboards_write and monitors_write scopes. `--api-url` sends the calls elsewhere (an HTTP proxy of
-your own, or a test server); the tests run this script only against a local stand-in of the API.
+key needs the dashboards_read/_write and monitors_read/_write scopes. `--api-url` sends the calls elsewhere (an
+HTTP proxy of your own, or a test server); the tests run this script only against a local stand-in of the API.
 """
 
 from __future__ import annotations
