@@ -825,3 +825,19 @@ def test_an_opted_in_workload_without_a_pod_template_is_refused(spec: str) -> No
     assert raised.value.problems == [
         f"{kind}/-/bot: opted in, but it has no pod template (spec.template) to add the proxy to"
     ]
+
+
+def test_a_service_in_front_of_proxies_on_different_ports_is_refused() -> None:
+    """One number must reach every pod the Service selects (a name would, but only from Kubernetes 1.33)."""
+    blue = OWN_INIT.replace("ports: [{containerPort: 8000}]", "ports: [{name: http, containerPort: 8000}]")
+    green = blue.replace("name: bot,", "name: bot-green,").replace(
+        "{name: http, containerPort: 8000}", "{name: http, containerPort: 8000}, {name: metrics, containerPort: 8080}"
+    )  # 8080 taken: its proxy listens on 8081
+    spec = "{selector: {app: bot}, ports: [{port: 80, targetPort: http}]}"
+    service = f"apiVersion: v1\nkind: Service\nmetadata: {{name: bot}}\nspec: {spec}\n"
+    with pytest.raises(InjectError) as raised:
+        inject_documents(load_manifests("---\n".join([blue, green, service])), OPTIONS)
+    assert raised.value.problems == [
+        "Service/-/bot: port http reaches workloads whose proxies listen on different ports ([8080, 8081]): give "
+        "them the same rum-llmobs-proxy/proxy-port annotation"
+    ]
