@@ -9,14 +9,14 @@ forwarded: it is replaced by the validated ID, or removed.
 When no context came, the proxy starts one whose first span in the agent is a root, which no tracer complains
 about (issue 17, item 13):
 - `x-datadog-trace-id` + `x-datadog-parent-id: 0` + `x-datadog-tags` (`_dd.p.tid`, `_dd.p.llmobs_sid`):
-  dd-trace-js reads `x-datadog-tags` only when both ids are present, and no sampling priority leaves the sampling
-  decision to the agent's tracer;
+  dd-trace-js reads `x-datadog-tags` only when both ids are present; no sampling priority;
 - `traceparent` with the same trace id and a fresh random span id, and `tracestate: dd=p:0000000000000000;…`.
   ddtrace's LLMObs warns "Failed to extract trace/span ID from request headers" on a context whose span id is 0,
   so both tracers take the traceparent's span id (it differs from the Datadog parent) and record the last Datadog
   parent `p` as `_dd.parent_id` = 0000000000000000 on the agent's first span: the Datadog backend falls back to
   `_dd.parent_id` when the parent span is not in the trace, so that span is shown as the trace's root. W3C has no
-  "undecided" sampling flag: the traceparent says sampled (a 0 flag would make dd-trace-js drop the trace).
+  "undecided" sampling flag: the traceparent says sampled. ddtrace keeps the Datadog context's (absent) priority
+  and decides itself; dd-trace-js takes the W3C flag and keeps the trace (a 0 flag would make it drop it).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ MAX_TRACESTATE_MEMBERS = 32
 SESSION_MARK = b"llmobs_sid"  # in a tag or tracestate key: a session carrier
 DD_SESSION_FIELD = b"t.llmobs_sid:"
 NO_DATADOG_PARENT = b"dd=p:0000000000000000"
+NO_DATADOG_PARENT_SESSION = NO_DATADOG_PARENT + b";" + DD_SESSION_FIELD
 
 _DECIMAL_ID = re.compile(rb"^[0-9]{1,20}$")
 _TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
@@ -148,12 +149,20 @@ def propagate(
             _add_w3c_root(headers, high, int(trace_id), span_id(), sid, sampled)
             return Propagation(headers, log_trace_id)
     elif sid is not None and w3c is None:
+        # The request path's most common case (a session, no browser trace): formatted in as few steps as it takes.
         high, low = ids()
-        headers[b"x-datadog-trace-id"] = f"{low:d}".encode()
-        headers[b"x-datadog-parent-id"] = b"0"
-        headers[b"x-datadog-tags"] = f"_dd.p.tid={high:016x},_dd.p.llmobs_sid={session_id}".encode()
-        _add_w3c_root(headers, high, low, span_id(), sid, True)
-        return Propagation(headers, _log_id(high, low))
+        trace_hex = (high << 64 | low).to_bytes(16, "big").hex()  # one conversion: W3C's id, _dd.p.tid, the log's
+        trace = trace_hex.encode()
+        return Propagation(
+            {
+                b"x-datadog-trace-id": f"{low:d}".encode(),
+                b"x-datadog-parent-id": b"0",
+                b"x-datadog-tags": b"_dd.p.tid=" + trace[:16] + b",_dd.p.llmobs_sid=" + sid,
+                b"traceparent": b"00-" + trace + b"-" + span_id().to_bytes(8, "big").hex().encode() + b"-01",
+                b"tracestate": NO_DATADOG_PARENT_SESSION + sid,
+            },
+            trace_hex if high else f"{low:d}",
+        )
 
     if w3c is not None and traceparent is not None:
         headers[b"traceparent"] = traceparent
