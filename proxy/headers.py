@@ -60,6 +60,7 @@ _INDEXED = frozenset(
 # Fields a client could carry a session in, besides the session header; when passed through (trace propagation
 # or baggage propagation off) any session in them other than the validated one is removed.
 _SESSION_CARRIERS = frozenset({b"x-datadog-tags", b"tracestate", b"baggage"})
+LEGACY_BAGGAGE_SESSION = b"ot-baggage-session.id"
 _NOTHING: frozenset[bytes] = frozenset()
 _HOST = frozenset({b"host"})
 
@@ -158,7 +159,9 @@ class ForwardRules:
         self.upstream_host = upstream_host
         self.replaces_trace_headers = replaces_trace_headers
         dropped = set(HOP_BY_HOP | FRAMING | REQUEST_ONLY_DROPPED)
-        dropped.update((b"x-forwarded-for", session_header))
+        # ot-baggage-session.id: ddtrace's legacy baggage (DD_TRACE_PROPAGATION_HTTP_BAGGAGE_ENABLED) makes it the
+        # context's session.id baggage item, which the hook reads.
+        dropped.update((b"x-forwarded-for", session_header, LEGACY_BAGGAGE_SESSION))
         if replaces_trace_headers:
             dropped.update(TRACE_HEADERS)
         if propagate_baggage:
@@ -171,7 +174,7 @@ class ForwardRules:
         self.owned = frozenset({session_header} | (TRACE_HEADERS if replaces_trace_headers else set()))
         # The `_` spellings dropped (WSGI/CGI servers read `x_datadog_tags` as `x-datadog-tags`): the owned fields
         # and the session carriers that pass through, whose value is not checked in that spelling.
-        self.underscore_dropped = self.owned | {b"x-datadog-tags"}
+        self.underscore_dropped = self.owned | {b"x-datadog-tags", LEGACY_BAGGAGE_SESSION}
         # Session carriers forwarded from the client (not rewritten by the proxy): any foreign session removed.
         self.passed_carriers = tuple(sorted(_SESSION_CARRIERS - dropped))
 

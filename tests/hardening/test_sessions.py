@@ -219,6 +219,7 @@ CARRIERS = {
     "malformed-baggage": [("baggage", f"user.id=u1,this is not baggage,session.id={SPOOFED}")],
     "encoded-baggage-key": [("baggage", f"user.id=u1,session%2Eid={SPOOFED}")],
     "not-ascii-baggage": [("baggage", f"user.id=u1,session.id={SPOOFED},k=caf\xe9")],
+    "legacy-baggage": [("ot-baggage-session.id", SPOOFED), ("ot-baggage-user.id", "u1")],
 }
 CONFIGURATIONS = {
     "defaults": {},
@@ -231,7 +232,7 @@ CONFIGURATIONS = {
 def sessions_seen(seen: Seen) -> set[str]:
     """Every session a reader of the forwarded request could take (ddtrace, dd-trace-js, OpenTelemetry, the hook):
     the session header in any spelling, any llmobs session tag or tracestate field, any reading of session.id."""
-    found = {value for _, value in seen.spelled_like("x-rum-session-id")}
+    found = {value for _, value in seen.spelled_like("x-rum-session-id") + seen.spelled_like("ot-baggage-session.id")}
     for _, value in seen.spelled_like("x-datadog-tags"):
         found |= {v.strip() for k, _, v in (m.partition("=") for m in value.split(",")) if "llmobs_sid" in k}
     for value in seen.all("tracestate"):
@@ -263,7 +264,8 @@ def test_no_client_session_carrier_reaches_the_upstream(
             _, seen = send(proxy, upstream, build_request("GET", f"/carriers/{name}", headers))
             if sessions_seen(seen) - {session_id}:
                 leaks.append((name, session_id, seen.headers))
-            assert "u1" in ",".join(seen.all("baggage")) or "baggage" not in name, "other members are kept"
+            kept = ",".join(seen.all("baggage") + seen.all("ot-baggage-user.id"))
+            assert "u1" in kept or "baggage" not in name, "other members are kept"
     assert leaks == []
 
 

@@ -60,6 +60,14 @@ def test_passed_through_trace_headers_lose_a_client_session_tag() -> None:
     assert getall(out, "tracestate") == ["dd=s:1,rojo=1"]
 
 
+@pytest.mark.parametrize("propagate", [True, False], ids=["propagation-on", "propagation-off"])
+def test_legacy_baggage_never_carries_a_client_session(propagate: bool) -> None:
+    """ddtrace's legacy baggage (ot-baggage-*) makes `ot-baggage-session.id` the context's session.id item."""
+    headers = [("ot-baggage-session.id", SPOOF), ("OT_Baggage_Session.id", SPOOF), ("ot-baggage-user.id", "u1")]
+    out = forward(headers, replaces_trace_headers=propagate, propagate_baggage=propagate, session_id=None)
+    assert [(k, v) for k, v in out if "baggage" in k.lower()] == [("ot-baggage-user.id", "u1")]
+
+
 def test_passed_through_trace_headers_without_a_session_are_untouched() -> None:
     headers = [("x-datadog-tags", "_dd.p.dm=-4"), ("tracestate", "dd=s:1, rojo=1"), ("baggage", "user.id=1 , x=2")]
     out = forward(headers, replaces_trace_headers=False, propagate_baggage=False, session_id=None)
