@@ -411,14 +411,22 @@ def test_an_upload_longer_than_the_upstream_idle_timeout_succeeds(
 
 
 @pytest.mark.xfail(strict=True, reason="issue 17 item 8: a queued request's Connection: close is ignored")
+@pytest.mark.parametrize(
+    "closing",
+    [
+        build_request("GET", "/queued/2", [("Connection", "close")]),
+        b"GET /queued/2 HTTP/1.0\r\nHost: proxy.test\r\n\r\n",
+    ],
+    ids=["connection-close", "http10"],
+)
 def test_a_queued_request_with_connection_close_ends_the_connection(
-    proxy: ProxyProcess, upstream: RecordingUpstream
+    proxy: ProxyProcess, upstream: RecordingUpstream, closing: bytes
 ) -> None:
-    """Two pipelined GETs, the second with `Connection: close`: its answer says close and the connection ends
-    after it; a third request sent then is neither read nor forwarded. Today the second is answered keep-alive
-    and the third is forwarded and answered."""
+    """Two pipelined GETs, the second with `Connection: close` (or an HTTP/1.0 one without keep-alive): its
+    answer says close and the connection ends after it; a third request sent then is neither read nor forwarded.
+    Today the second is answered keep-alive and the third is forwarded and answered."""
     with Connection(proxy.port) as conn:
-        conn.send(build_request("GET", "/queued/1") + build_request("GET", "/queued/2", [("Connection", "close")]))
+        conn.send(build_request("GET", "/queued/1") + closing)
         first, second = conn.read_response(), conn.read_response()
         assert (first.status, second.status) == (200, 200)
         assert head_says_close(second), second.headers
@@ -542,6 +550,30 @@ def test_a_reset_until_close_body_is_reset_for_an_http10_client(
         upstream.close()
     assert response.status == 200 and not response.chunked
     assert response.ending == Ending.RESET, f"the cut body ended with {response.ending}, as a complete one does"
+
+
+CUT_CHUNKED = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+
+
+@pytest.mark.xfail(
+    strict=True, reason="issue 17 item 10: abort() sends FIN: an HTTP/1.0 client reads a cut body as whole"
+)
+@pytest.mark.parametrize("then", ["close", "reset"])
+def test_a_cut_chunked_body_is_reset_for_an_http10_client(
+    running_proxy: ProxyFactory, upstream_loop: LoopThread, then: str
+) -> None:
+    """A chunked upstream body cut before its last chunk (by FIN or RST) reaches an HTTP/1.0 client as a
+    close-delimited body: only a reset tells it the body is cut. Today the proxy's abort() ends it with FIN."""
+    upstream = RawUpstream(upstream_loop, lambda _: RawAnswer(CUT_CHUNKED, then=then, delay=0.2)).start()
+    try:
+        proxy = running_proxy(upstream.url)
+        response = exchange(proxy.port, b"GET /cut-chunked HTTP/1.0\r\nHost: proxy.test\r\n\r\n")
+        line = proxy.wait_for_request_line("/cut-chunked")
+    finally:
+        upstream.close()
+    assert response.status == 200 and response.body == b"hello"
+    assert response.ending == Ending.RESET, f"the cut body ended with {response.ending}, as a complete one does"
+    assert line.get("error"), line
 
 
 @pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
