@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
-from aiohttp import web
 
 from config.loader import ConfigError, env_name, exit_on_config_error, load_settings, unknown_variables
 from config.settings import Settings
@@ -124,14 +123,12 @@ async def serve(
     from `on_listening` that this worker listens.
     """
     from proxy.app import Proxy
-    from proxy.health import create_admin_app
+    from proxy.health import AdminServer
     from proxy.server import ClientConnection
 
     loop = asyncio.get_running_loop()
     proxy = Proxy(settings, tracing_enabled=tracing_enabled)
-    admin_runner = web.AppRunner(create_admin_app(proxy.lifecycle, proxy.metrics), access_log=None)
-    if admin:
-        await admin_runner.setup()
+    admin_server = AdminServer(proxy.lifecycle, proxy.metrics)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -144,17 +141,15 @@ async def serve(
             reuse_port=settings.reuse_port or worker is not None,
         )
         if admin:
-            admin_site = web.TCPSite(admin_runner, settings.admin_host, settings.admin_port)
-            await admin_site.start()
+            await admin_server.start(settings.admin_host, settings.admin_port)
     except OSError as error:
         logger.error("cannot_listen", detail=str(error))
-        if admin:
-            await admin_runner.cleanup()
+        await admin_server.close()
         return 1
     logger.info(
         "listening",
         proxy=[f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets],
-        admin=_addresses(admin_runner) if admin else None,
+        admin=admin_server.addresses if admin else None,
         worker=worker,
         upstream=str(settings.upstream_url),
         sources=[s.value for s in settings.sources],
@@ -176,8 +171,7 @@ async def serve(
     if publishing is not None:
         publishing.cancel()
         proxy.metrics.publish()  # the last requests, before the supervisor reads this worker's files
-    if admin:
-        await admin_runner.cleanup()
+    await admin_server.close()
     logger.info("stopped")
     return 0
 
@@ -189,7 +183,3 @@ async def _publish_metrics(metrics: Metrics) -> None:
     while True:
         await asyncio.sleep(PUBLISH_SECONDS)
         metrics.publish()
-
-
-def _addresses(runner: web.AppRunner) -> list[str]:
-    return [f"{address[0]}:{address[1]}" for address in runner.addresses]

@@ -14,7 +14,6 @@ import signal
 import tempfile
 
 import structlog
-from aiohttp import web
 
 from config.settings import Settings
 
@@ -83,7 +82,7 @@ async def _supervise(
     from prometheus_client import CollectorRegistry, multiprocess
 
     from proxy.app import Lifecycle
-    from proxy.health import create_admin_app
+    from proxy.health import AdminServer
     from proxy.metrics import Metrics
 
     lifecycle = Lifecycle()
@@ -102,10 +101,9 @@ async def _supervise(
     shared = CollectorRegistry()
     multiprocess.MultiProcessCollector(shared)  # type: ignore[no-untyped-call]
     metrics = Metrics(exposed=shared)
-    runner = web.AppRunner(create_admin_app(lifecycle, metrics), access_log=None)
-    await runner.setup()
+    admin = AdminServer(lifecycle, metrics)
     try:
-        await web.TCPSite(runner, settings.admin_host, settings.admin_port).start()
+        await admin.start(settings.admin_host, settings.admin_port)
     except OSError as error:
         logger.error("cannot_listen", detail=str(error))
         _signal_all(workers, signal.SIGTERM)
@@ -135,7 +133,7 @@ async def _supervise(
             multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
         await asyncio.sleep(0.05)
     _signal_all(workers, signal.SIGKILL)
-    await runner.cleanup()
+    await admin.close()
     logger.info("stopped")
     return 0
 
