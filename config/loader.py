@@ -7,7 +7,6 @@ required setting is missing, the error says so.
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 from collections.abc import Mapping
@@ -69,6 +68,8 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[UnknownV
         name = key.upper()
         if not name.startswith(ENV_PREFIX) or name in known:
             continue
+        import difflib  # only for a RUM_PROXY_* variable that is no setting
+
         # Compared without the shared prefix, which would make every name look alike.
         close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), suffixes, n=1, cutoff=SUGGESTION_CUTOFF)
         unknown.append(UnknownVariable(key, suffixes[close[0]] if close else None))

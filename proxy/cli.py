@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import signal
 import sys
 from collections.abc import Callable
@@ -17,6 +15,8 @@ from config.settings import Settings
 from proxy import __version__, compiled
 
 if TYPE_CHECKING:
+    import argparse
+
     from proxy.metrics import Metrics
 
 logger = structlog.get_logger()
@@ -40,6 +40,8 @@ def _render(value: object) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # only when there are arguments to parse: a sidecar starts without any (issue 20)
+
     parser = argparse.ArgumentParser(
         prog="rum-llmobs-proxy",
         description="Reverse proxy that forwards the browser's Datadog RUM session ID to an AI agent service, "
@@ -62,12 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         from proxy.inject_cli import main as inject_main
 
         return inject_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    print_config = bool(argv) and build_parser().parse_args(argv).print_config
     try:
         settings = load_settings()
     except ConfigError as error:
         exit_on_config_error(error)
-    if args.print_config:
+    if print_config:
+        import json
+
         print(json.dumps(settings.model_dump(mode="json"), indent=2))
         return 0
     raise_open_files_limit()
