@@ -292,12 +292,15 @@ def _sidecar(image: str, proxy_port: int, admin_port: int, env: list[Manifest]) 
             {"name": ADMIN_PORT_NAME, "containerPort": admin_port, "protocol": "TCP"},
         ],
         "env": env,
-        # The agent starts once this passes; /healthz does no I/O and never depends on the agent.
-        "startupProbe": _probe("/healthz", period=1, failures=30, timeout=1),
+        # No startupProbe: with one, the kubelet starts the agent only once it passes, adding up to a probe period
+        # to every pod's start, and the agent never needs the proxy to start (traffic enters once the pod is Ready,
+        # which needs both). Liveness allows 20-30 s to start; /healthz does no I/O, never depends on the agent.
         "livenessProbe": _probe("/healthz", period=10, failures=3, timeout=2),
-        # /readyz answers 503 while draining, which takes the pod out of the Service.
-        "readinessProbe": _probe("/readyz", period=5, failures=2, timeout=2),
-        # No CPU limit on purpose: CFS throttling adds latency to every proxied request. RSS under load ~67 MB.
+        # /readyz answers 503 while draining, which takes the pod out of the Service. Every second: the pod is
+        # Ready within a second of the later of its two containers (issue 20).
+        "readinessProbe": _probe("/readyz", period=1, failures=3, timeout=1),
+        # No CPU limit on purpose: CFS throttling adds latency to every proxied request. Memory: bench/startup.py
+        # (deploy/README.md, What it adds to each injected pod).
         "resources": {"requests": {"cpu": "100m", "memory": "96Mi"}, "limits": {"memory": "256Mi"}},
         "securityContext": _security_context(),
         "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],  # noqa: S108 - an emptyDir of its own

@@ -186,7 +186,10 @@ def check_probes(before: list[Doc], after: list[Doc]) -> None:
     for obj in injected(after):
         sidecar = sidecar_of(obj)
         admin_port = int(proxy_setting(obj, "RUM_PROXY_ADMIN_PORT", "8081"))
-        expected = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+        # No startupProbe: it would hold the agent's start until it passed (issue 20); readiness every second.
+        assert "startupProbe" not in sidecar, "a startupProbe would delay the agent container's start"
+        assert sidecar["readinessProbe"]["periodSeconds"] == 1
+        expected = {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}
         for probe_name, path in expected.items():
             probe = sidecar.get(probe_name)
             assert probe is not None, f"{probe_name} missing"
