@@ -68,6 +68,10 @@ def flood_upstream(upstream: RecordingUpstream) -> RecordingUpstream:
 NEVER_READ_LIMIT = 64 * MIB  # the README promises a stall after ~9 MiB of socket buffers
 
 
+LARGE_ATTEMPTS = 6
+FIRST_DONE = 1.0  # seconds: a 4.4 MB response not stalled is done in ~30 ms on loopback
+
+
 @pytest.mark.xfail(
     strict=True, reason="issue 17 item 1: a pause_writing lost between exchanges leaves later ones unpaused"
 )
@@ -76,22 +80,56 @@ def test_a_client_that_never_reads_stalls_a_second_large_response(
 ) -> None:
     """A 4.4 MB response, then a 300 MB one on the same keep-alive connection, the client reading nothing: the
     proxy must stop reading the upstream after a few MiB, as it does for the 300 MB alone on a fresh connection.
-    Today (pure Python) RSS went 58 -> 349 MiB and the upstream sent all 300 MB."""
+    Whether uvloop's one pause_writing lands after the first exchange ended (and is lost) is a matter of timing:
+    up to six fresh connections, each sending the second request once the first is over (a proxy that stalls
+    the first, as a bounded one may, is not asked the second). Today RSS went 55 -> 347 MiB and the upstream sent
+    all 300 MB, on plain Python and compiled alike."""
     proxy = running_proxy(flood_upstream.url)
     first, second = 4_400_000, 300_000_000
     watch = RssWatch(proxy)
-    with small_window_connection(proxy.port) as conn:
-        conn.send(build_request("GET", f"/flood/{first}"))
-        # The first response is written (or stalled in socket buffers); then the next request, not pipelined.
-        flood_upstream.wait_for(lambda: bool(flood_upstream.by_target(f"/flood/{first}")), what="first request")
-        deadline = time.monotonic() + GUARD
-        while flood_upstream.flood_sent < first and time.monotonic() < deadline:
-            time.sleep(0.01)  # bounded poll of the upstream's progress
-        conn.send(build_request("GET", f"/flood/{second}"))
-        watch.poll(lambda: flood_upstream.flood_sent >= second, timeout=4.0, limit=NEVER_READ_LIMIT)
-        sent = flood_upstream.flood_sent
+    connections: list[Connection] = []
+    sent = 0
+    try:
+        for attempt in range(LARGE_ATTEMPTS):
+            conn = small_window_connection(proxy.port)
+            connections.append(conn)
+            done = len(proxy.request_lines(f"/flood/{first}"))
+            flood_upstream.flood_sent = 0
+            conn.send(build_request("GET", f"/flood/{first}"))
+
+            # Odd attempts wait for the first exchange's log line (it is over), even ones only for the upstream to
+            # have sent it all: the compiled core loses the pause more often after the first wait, plain Python
+            # after the second. Bounded polls of the proxy's log and of the upstream's progress.
+            def over(by_log: bool = bool(attempt % 2), done: int = done) -> bool:
+                if by_log:
+                    return len(proxy.request_lines(f"/flood/{first}")) > done
+                return flood_upstream.flood_sent >= first
+
+            deadline = time.monotonic() + FIRST_DONE
+            while not over() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not over():
+                continue  # the first response stalled: this connection is paused, as it should be
+            flood_upstream.flood_sent = 0
+            asked = len(flood_upstream.by_target(f"/flood/{second}"))
+            conn.send(build_request("GET", f"/flood/{second}"))
+            since = time.monotonic()
+
+            def finished(asked: int = asked, since: float = since) -> bool:
+                """The 300 MB went out, or the proxy did not forward the second request within 0.5 s (queued
+                behind the stalled first, as it should be)."""
+                forwarded = len(flood_upstream.by_target(f"/flood/{second}")) > asked
+                return flood_upstream.flood_sent >= second or (not forwarded and time.monotonic() - since > 0.5)
+
+            watch.poll(finished, timeout=4.0, limit=NEVER_READ_LIMIT)
+            sent = max(sent, flood_upstream.flood_sent)
+            if watch.growth > NEVER_READ_LIMIT:
+                break
+    finally:
+        for conn in connections:
+            conn.close()
     assert watch.growth < NEVER_READ_LIMIT, f"{watch.describe()}; the upstream sent {sent / MIB:.0f} MiB unread"
-    assert sent < 64 * MIB or not flood_upstream.by_target(f"/flood/{second}"), f"upstream sent {sent / MIB:.0f} MiB"
+    assert sent < 64 * MIB, f"the upstream sent {sent / MIB:.0f} MiB to a client that reads nothing"
 
 
 def test_a_client_that_never_reads_stalls_a_large_response_on_a_fresh_connection(
