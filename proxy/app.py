@@ -15,7 +15,7 @@ from proxy.headers import ForwardRules
 from proxy.inspection import InspectBudget
 from proxy.log import log_request
 from proxy.metrics import Metrics
-from proxy.ports import Abortable, FinishedExchange, GoingAway
+from proxy.ports import Abortable, GoingAway, RequestRecord
 from proxy.session import Extraction, SessionExtractor
 from proxy.trace_context import propagate
 from proxy.tracing import Tracing
@@ -167,13 +167,13 @@ class Proxy:
                 return target if not self.base_path else self.base_path + b"/"
         return self.base_path + target
 
-    def tracing_start(self, exchange: FinishedExchange) -> None:
+    def tracing_start(self, exchange: RequestRecord) -> None:
         if self.tracing.enabled:
             head = exchange.head
             headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
             exchange.span = self.tracing.start(headers, head.method.decode(), exchange.path)
 
-    def trace_headers(self, exchange: FinishedExchange, extraction: Extraction) -> dict[bytes, bytes]:
+    def trace_headers(self, exchange: RequestRecord, extraction: Extraction) -> dict[bytes, bytes]:
         if self.tracing.enabled:
             source = str(extraction.source) if extraction.source is not None else None
             headers = self.tracing.propagate(exchange.span, extraction.session_id, source)  # type: ignore[arg-type]
@@ -184,7 +184,7 @@ class Proxy:
         exchange.log_trace_id = propagation.log_trace_id
         return propagation.headers
 
-    def exchange_finished(self, exchange: FinishedExchange) -> None:
+    def exchange_finished(self, exchange: RequestRecord) -> None:
         """The one place that counts and logs a finished request: one `request` line each."""
         if exchange.counted:
             self.in_flight -= 1

@@ -22,6 +22,7 @@ import structlog
 
 from proxy.app import Proxy
 from proxy.errors import CUT_KINDS, FAILURES, error_response
+from proxy.flow import FlowControl
 from proxy.headers import (
     RequestHead,
     ResponseFraming,
@@ -42,8 +43,8 @@ from proxy.http1 import (
     sends_continue,
 )
 from proxy.inspection import Inspection
-from proxy.ports import Downstream
-from proxy.session import INSPECTABLE_CODINGS, NOT_FOUND, Extraction, RequestParts, body_kind, inspectable_body
+from proxy.ports import Downstream, RequestRecord
+from proxy.session import INSPECTABLE_CODINGS, Extraction, RequestParts, body_kind, inspectable_body
 from proxy.upstream import UpstreamConnectError, UpstreamConnection
 
 logger = structlog.get_logger()
@@ -63,61 +64,21 @@ RESPONSE_DONE: Final = 2
 _NO_PLAN: Final = ResponsePlan(BODY_NONE, False, b"close")
 
 
-class Exchange:
+class Exchange(RequestRecord):
     """One request and its response. The client connection feeds it the request (head, body chunks, end); the
     upstream connection feeds it the response. Every decision is a call into the pure core."""
-
-    __slots__ = (
-        "proxy",
-        "client",
-        "head",
-        "http11",
-        "keep_alive",
-        "websocket",
-        "started",
-        "extraction",
-        "status",
-        "error",
-        "log_trace_id",
-        "logged",
-        "counted",
-        "upstream",
-        "span",
-        "request_state",
-        "response_state",
-        "request_complete_seen",
-        "_chunked_in",
-        "_length_in",
-        "_inspection",
-        "_pending",
-        "_pending_size",
-        "_replay",
-        "_replay_size",
-        "_last_body",
-        "_last_upstream",
-        "_plan",
-        "_framing",
-        "_keep_upstream",
-    )
 
     def __init__(
         self, proxy: Proxy, client: Downstream, head: RequestHead, *, http11: bool, keep_alive: bool, websocket: bool
     ) -> None:
+        super().__init__(head, time.monotonic())
         self.proxy = proxy
         self.client = client
-        self.head = head
+        self.flow: FlowControl = client.flow  # the client connection's, read natively on every event
         self.http11 = http11
         self.keep_alive = keep_alive  # what the client asked for on this request
         self.websocket = websocket
-        self.started = time.monotonic()
-        self.extraction: Extraction = NOT_FOUND
-        self.status = CLIENT_CLOSED_REQUEST
-        self.error: str | None = None
-        self.log_trace_id: str | None = None
-        self.logged = False  # the request line is written by someone else (a rate-limited bad_request line)
-        self.counted = False
         self.upstream: UpstreamConnection | None = None
-        self.span: object | None = None
         self.request_state = REQUEST_STREAMING
         self.response_state = RESPONSE_WAITING
         self.request_complete_seen = False  # the client's whole request (body included) has been read
@@ -141,10 +102,6 @@ class Exchange:
     @property
     def response_started(self) -> bool:
         return self.response_state != RESPONSE_WAITING
-
-    @property
-    def path(self) -> str:
-        return self.head.target.partition(b"?")[0].decode("latin-1")
 
     # ---- request side: called by the client connection
 
@@ -307,22 +264,22 @@ class Exchange:
         pending, self._pending = self._pending or [], None
         self._pending_size = 0
         connection.write(b"".join(pending))
-        self.client.flow.resume_reading("connect")
+        self.flow.resume_reading("connect")
 
     def _use(self, connection: UpstreamConnection) -> None:
         """Pair the two connections' flow state as it is now: a pause signalled before this exchange still holds."""
         self.upstream = connection
         connection.attach(self)
-        if self.client.flow.write_paused:
+        if self.flow.write_paused:
             connection.flow.pause_reading("client")
         if connection.flow.write_paused:
-            self.client.flow.pause_reading("upstream")
+            self.flow.pause_reading("upstream")
 
     def _detach(self) -> UpstreamConnection | None:
         connection, self.upstream = self.upstream, None
         if connection is not None:
             connection.flow.resume_reading("client")
-            self.client.flow.resume_reading("upstream")
+            self.flow.resume_reading("upstream")
         return connection
 
     def _write_upstream(self, data: bytes) -> None:
@@ -335,7 +292,7 @@ class Exchange:
             self._pending.append(data)
             self._pending_size += len(data)
             if self._pending_size > HELD_BYTES:
-                self.client.flow.pause_reading("connect")
+                self.flow.pause_reading("connect")
             return
         if self.upstream is not None:
             self.upstream.write(data)
@@ -457,9 +414,9 @@ class Exchange:
     def upstream_writable(self, writable: bool) -> None:
         if writable:
             self._last_upstream = time.monotonic()  # the upstream took our bytes: progress
-            self.client.flow.resume_reading("upstream")
+            self.flow.resume_reading("upstream")
         else:
-            self.client.flow.pause_reading("upstream")
+            self.flow.pause_reading("upstream")
 
     def client_writable(self, writable: bool) -> None:
         connection = self.upstream
@@ -508,7 +465,7 @@ class Exchange:
         self._drop_upstream()
         if self._pending is not None:
             self._pending = None
-            self.client.flow.resume_reading("connect")
+            self.flow.resume_reading("connect")
         self.client.write(error_response(refusal.status, refusal.error, refusal.reason, retry_after=retry_after))
         self._finish()
         self.client.exchange_done(self, False, not self.request_complete_seen)
@@ -534,7 +491,7 @@ class Exchange:
         if self.response_state == RESPONSE_DONE:
             return
         limits = self.proxy.limits
-        flow = self.client.flow
+        flow = self.flow
         upstream_blocked = flow.reading_paused_for("upstream") or flow.reading_paused_for("connect")
         if self.request_state != REQUEST_SENT and not upstream_blocked and self.response_state == RESPONSE_WAITING:
             inspection = self._inspection

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from proxy.flow import FlowControl
 from proxy.headers import RequestHead
-from proxy.session import Extraction
+from proxy.session import NOT_FOUND, Extraction
 
 
 class ResponseListener(Protocol):
@@ -43,21 +43,24 @@ class Downstream(Peer, Protocol):
     def tunnel_closed(self) -> None: ...
 
 
-class FinishedExchange(Protocol):
-    """What counting and logging a finished request reads."""
+class RequestRecord:
+    """What counting and logging a request reads (proxy.app.Proxy.request_finished): the exchange's own fields,
+    kept in a base class so that reading them is compiled attribute access, not a Protocol's dynamic lookup."""
 
-    head: RequestHead
-    status: int
-    error: str | None
-    extraction: Extraction
-    started: float
-    counted: bool
-    logged: bool
-    span: object | None
-    log_trace_id: str | None
+    def __init__(self, head: RequestHead, started: float) -> None:
+        self.head = head
+        self.started = started
+        self.extraction: Extraction = NOT_FOUND
+        self.status = 499  # nginx's "client closed request", for logs and metrics only: nothing is sent
+        self.error: str | None = None
+        self.log_trace_id: str | None = None
+        self.logged = False  # the request line is written by someone else (a rate-limited bad_request line)
+        self.counted = False
+        self.span: object | None = None
 
     @property
-    def path(self) -> str: ...
+    def path(self) -> str:
+        return self.head.target.partition(b"?")[0].decode("latin-1")
 
 
 class Abortable(Protocol):

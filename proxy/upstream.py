@@ -42,6 +42,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_head = False  # between attach and the end of the response head: its bytes are counted
         self._head_bytes = 0
         self._answered = False  # the response for the current listener is complete; any further byte is stray
+        self._status = 0
 
     # asyncio.Protocol
 
@@ -120,14 +121,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
+        self._status = status = self._parser.get_status_code()
         if status >= 200 or status == 101:
             self._in_head = False
         else:
             self._head_bytes = 0  # an interim response: the final head is counted on its own
         if self.listener is not None and self.reusable:
             keep = self._parser.should_keep_alive()
-            self.listener.on_response_head(self._parser.get_status_code(), self._reason, self._headers, keep)
+            self.listener.on_response_head(status, self._reason, self._headers, keep)
 
     def on_body(self, body: bytes) -> None:
         if self.listener is not None:
@@ -136,7 +137,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.reusable = False
 
     def on_message_complete(self) -> None:
-        if self._parser.get_status_code() < 200 and self._parser.get_status_code() != 101:
+        if self._status < 200 and self._status != 101:
             return  # llhttp ends an interim response as a message of its own
         self._answered = True
         if self.listener is not None:
