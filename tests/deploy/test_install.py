@@ -9,9 +9,9 @@ proxy's `--version` (compiled or plain Python, and the version in the wheel's me
 the installed proxy to a real aiohttp upstream on loopback; the hook's `install()`; the OpenTelemetry twin putting
 the baggage's session on a span.
 
-Beyond the READMEs, the two install paths the issue names (#18): a machine without a C compiler (`CC` names none),
-which must still install, as plain Python, and print the one line saying so; and `pip install git+<URL>` (a git
-repository of the same copy, by file URL).
+A machine without a C compiler is one where `CC` names none: `pip install -v .` must still install, as plain Python,
+and print the one line saying so. Beyond the READMEs, `pip install git+<URL>` (issue 18), from a git repository of
+the same copy by file URL.
 """
 
 from __future__ import annotations
@@ -66,19 +66,14 @@ class InstallPath:
 README_PATHS = (
     InstallPath("compiled", "pip install .", "proxy", compiled=True),
     InstallPath("pure", "RUM_LLMOBS_PROXY_PURE_PYTHON=1 pip install .", "proxy"),
+    # A machine without a C compiler (CC names none): it installs, as plain Python, and pip's -v shows the one line
+    # saying so (setup.py).
+    InstallPath("no-compiler", "pip install -v .", "proxy", env={"CC": "/nonexistent/cc"}, prints=PLAIN_PYTHON_LINE),
     InstallPath("hook", "pip install ./hook", "hook"),
     InstallPath("otel", "pip install ./hook/otel", "otel"),
 )
-EXTRA_PATHS = (
-    # pip shows a build's output only with -v; the line is what a user without gcc reads there (setup.py).
-    InstallPath(
-        "no-compiler-git-url",
-        "pip install -v git+file://{tree}",
-        "proxy",
-        env={"CC": "/nonexistent/cc"},
-        prints=PLAIN_PYTHON_LINE,
-    ),
-)
+# Not shown as such: `pip install git+<URL>` (the issue's), from a git repository of the copy.
+EXTRA_PATHS = (InstallPath("git-url", "RUM_LLMOBS_PROXY_PURE_PYTHON=1 pip install git+file://{tree}", "proxy"),)
 # Shown, and not run here, because something else runs them or they cannot run here.
 NOT_RUN = {
     "pip install --no-deps --require-hashes -r requirements.lock": "the image's build stage: "
