@@ -205,6 +205,27 @@ def test_the_image_is_the_compiled_build() -> None:
     assert podman("run", "--rm", IMAGE, "--version").stdout.strip().endswith("(compiled)")
 
 
+def test_a_base_without_python_headers_fails_the_build_first_and_says_why() -> None:
+    """The build stage checks for Python.h before installing anything (mypyc would fail minutes later)."""
+    base = os.environ.get("RUM_IMAGE_BASE", "localhost/rum-llmobs-proxy-base:bookworm-py3")
+    name = f"rum-image-test-no-headers-{uuid.uuid4().hex[:8]}"
+    podman("run", f"--name={name}", base, "sh", "-c", "rm /usr/include/python3*/Python.h")
+    try:
+        podman("commit", "--quiet", name, f"localhost/{name}")
+        result = podman(
+            "build", "--format=docker", "--target=build", f"--build-arg=PYTHON_IMAGE=localhost/{name}", str(REPO),
+            check=False,
+        )  # fmt: skip
+        output = result.stdout + result.stderr
+        assert result.returncode != 0 and "Python.h is missing" in output, output[-3000:]
+        assert "PYTHON_IMAGE must ship the Python headers" in output
+        assert "deb.debian.org" not in output, "apt-get ran before the check"
+        assert "Collecting" not in output, "pip ran before the check"
+    finally:
+        podman("rm", "--force", name, check=False)
+        podman("rmi", "--force", f"localhost/{name}", check=False)
+
+
 def test_inject_runs_from_the_image() -> None:
     """`podman run --rm -i <image> inject`, as deploy/README.md § 1 says, without a local install."""
     result = podman("run", "--rm", "-i", IMAGE, "inject", f"--image={IMAGE}", input=MINIMAL_APP)
