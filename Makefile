@@ -96,11 +96,13 @@ demo: $(COMPILED) $(NODE_STAMP)
 screenshot: $(COMPILED) browser-deps
 	DEMO_SCREENSHOT=$(CURDIR)/docs/demo.png $(PY) -m pytest tests/browser/test_demo.py
 
-# The proxy against direct, nginx and a plain aiohttp proxy in one run, then the hook's cost (bench/README.md).
+# The proxy against direct, nginx and a plain aiohttp proxy in one run, then its start and memory beside nginx and
+# bare Python (its section of bench/RESULTS.md, after run.py rewrote the file), then the hook's cost (bench/README.md).
 # nginx and wrk come from Debian; taskset (util-linux) pins the load and the target to separate CPUs.
 bench: $(COMPILED)
 	command -v nginx >/dev/null && command -v wrk >/dev/null || { $(APT) update -qq && $(APT) install -y -qq nginx-light wrk; }
 	$(PY) bench/run.py --write
+	$(PY) bench/startup.py --write
 	$(PY) bench/hook_overhead.py --write
 
 # Minutes of mixed traffic through one proxy; RSS and open FDs sampled (writes bench/RESULTS-soak.md).

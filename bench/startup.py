@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -47,11 +48,12 @@ from run import (  # noqa: E402  (bench/run.py, imported as a sibling script)
     Bench,
     Pinning,
     Target,
-    free_port,
     hold_streams,
     measure,
     process_tree,
 )
+
+from tests.support.processes import free_port  # noqa: E402  (bench/run.py puts the repository on sys.path)
 
 BEGIN = "<!-- bench/startup.py: begin -->"
 END = "<!-- bench/startup.py: end -->"
@@ -61,6 +63,17 @@ MAX_IDLE_RSS_MB = 35.0
 MAX_LOAD_RSS_MB = 45.0
 MAX_STREAMS_RSS_MB = 64.0
 POLL_SECONDS = 0.001
+# This script's figures for the proxy before issue 20's changes: commit 84c12aa, compiled, in a venv made from
+# requirements.lock, 2026-12-06 04:19 UTC, `--runs 7`, load average 4-7 on 2 CPUs (wall times are slower by that).
+BEFORE = {
+    "what": "commit 84c12aa, aiohttp admin server, every dependency imported at start",
+    "ready_ms": "926",
+    "cpu_ms": "397",
+    "idle": "54.2 (34.0)",
+    "load": "55.5",
+    "streams": "64.0",
+    "installed": "108",
+}
 NGINX_SERVER = """
   server {{
     listen 127.0.0.1:{port};
@@ -249,7 +262,9 @@ def measure_start(subjects: Subjects, runs: int, configs: Sequence[str], settle:
         bare.memory.append(subjects.bare_memory())
 
     steps = [bare_step, server(nginx, subjects.nginx)]
-    steps += [server(series, lambda key=key: subjects.proxy(PROXY_CONFIGS[key][1])) for key, series in proxies.items()]
+    steps += [
+        server(series, functools.partial(subjects.proxy, PROXY_CONFIGS[key][1])) for key, series in proxies.items()
+    ]
     for round_ in range(runs):
         print(f"startup: round {round_ + 1}/{runs}", file=sys.stderr)
         for step in steps if round_ % 2 == 0 else reversed(steps):
@@ -354,9 +369,39 @@ def render(args: argparse.Namespace, series: list[Series], load: tuple[float, fl
         f"Installed on top of the Python base (`{args.python}`'s site-packages): **{total:.0f} MB**; largest "
         f"distributions (MB): {shown}.",
         "",
+        *before_after(proxy, load, total),
+        "",
         END,
     ]
     return "\n".join(lines) + "\n"
+
+
+def before_after(proxy: Series, load: tuple[float, float, int] | None, installed: float) -> list[str]:
+    """This run beside BEFORE (the same measurement before issue 20's changes)."""
+    now = {
+        "ready_ms": f"{proxy.median_ms():.0f}",
+        "cpu_ms": f"{statistics.median(proxy.cpu_ms):.0f}",
+        "idle": f"{statistics.median(m.rss_mb for m in proxy.memory):.1f} "
+        f"({statistics.median(m.anon_mb for m in proxy.memory):.1f})",
+        "load": f"{load[0]:.1f}" if load else "–",
+        "streams": f"{load[1]:.1f}" if load and load[2] else "–",
+        "installed": f"{installed:.0f}",
+    }
+    rows = [
+        ("exec → /readyz 200, median ms (wall; grows with load)", "ready_ms", "≤ 150 on a quiet machine"),
+        ("CPU ms to ready (median)", "cpu_ms", ""),
+        ("idle RSS MB (anonymous)", "idle", f"≤ {MAX_IDLE_RSS_MB:g}"),
+        ("peak RSS MB under wrk -c50", "load", f"≤ {MAX_LOAD_RSS_MB:g}"),
+        ("RSS MB with 1,000 SSE streams", "streams", f"≤ {MAX_STREAMS_RSS_MB:g}"),
+        ("installed on the Python base, MB", "installed", "reduced where not needed at run time"),
+    ]
+    return [
+        f"Before and after issue 20 (defaults; before: {BEFORE['what']}):",
+        "",
+        "| | before | this run | target |",
+        "|---|---:|---:|---|",
+        *(f"| {title} | {BEFORE[key]} | {now[key]} | {target} |" for title, key, target in rows),
+    ]
 
 
 def verdict(what: str, value: float, target: float, unit: str, note: str) -> str:
@@ -372,8 +417,8 @@ def version(args: argparse.Namespace) -> str:
     return (done.stdout or done.stderr).strip()
 
 
-def write(section: str) -> None:
-    path = BENCH / "RESULTS.md"
+def write(section: str, path: Path = BENCH / "RESULTS.md") -> None:
+    """Replace this script's section of ``path`` (between BEGIN and END), or append it when there is none."""
     text = path.read_text() if path.exists() else ""
     pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
