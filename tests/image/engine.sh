@@ -24,15 +24,16 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 missing=()
-for tool in podman buildah runc debootstrap podman-compose; do
+for tool in podman buildah runc debootstrap podman-compose iptables; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} from Debian"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends podman buildah runc debootstrap podman-compose \
-        netavark aardvark-dns slirp4netns uidmap catatonit >&2
+    # With podman's recommends (catatonit for the pods' infra containers, slirp4netns, uidmap...), plus iptables,
+    # which netavark needs to publish ports (only suggested).
+    apt-get install -y -qq podman buildah runc debootstrap podman-compose netavark aardvark-dns iptables >&2
 fi
 
 # containers.conf: add each setting only where the file does not set that key already.
