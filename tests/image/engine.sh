@@ -30,7 +30,7 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} from Debian"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
+    apt-get update -qq >&2
     # With podman's recommends (catatonit for the pods' infra containers, slirp4netns, uidmap...), plus iptables,
     # which netavark needs to publish ports (only suggested).
     apt-get install -y -qq podman buildah runc debootstrap podman-compose netavark aardvark-dns iptables >&2
