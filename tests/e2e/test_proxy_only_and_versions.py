@@ -64,8 +64,10 @@ def test_proxy_propagation_alone_sets_the_session_of_an_instrumented_agent(
         spans = wait_for_session(test_agent, session_id)
         root = request_span(test_agent, session_id)  # while the agent runs and flushes its APM trace
     assert_every_span_has_session(spans, session_id, WORKFLOW_TOOL_LLM)
-    # No trace came from the browser: the proxy started one, and the agent's first span is its root.
-    assert root.get("parent_id") in (0, None), root
+    # No trace came from the browser: the proxy started one, and the agent's first span is its root — its parent is
+    # the traceparent's span id, which no span reports, with `_dd.parent_id` 0000000000000000 (no Datadog parent),
+    # what Datadog shows as the root (README, "Forwarding it"; tests/e2e/test_trace_start_e2e.py).
+    assert root.get("parent_id", 0) != 0 and root["meta"].get("_dd.parent_id") == "0000000000000000", root
 
 
 @pytest.mark.parametrize("apm_span", [False, True], ids=["header-rewrite", "proxy-span"])
