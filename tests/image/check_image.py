@@ -205,6 +205,17 @@ def test_the_image_is_the_compiled_build() -> None:
     assert podman("run", "--rm", IMAGE, "--version").stdout.strip().endswith("(compiled)")
 
 
+def test_the_build_machines_ca_bundle_is_not_baked_into_the_image() -> None:
+    """run.sh mounts this machine's CA bundle for the build's pip; the image keeps its base's own bundle."""
+    base = os.environ.get("RUM_IMAGE_BASE", "localhost/rum-llmobs-proxy-base:bookworm-py3")
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    digests = {
+        image: podman("run", "--rm", "--entrypoint=sha256sum", image, bundle).stdout.split()[0]
+        for image in (IMAGE, base)
+    }
+    assert digests[IMAGE] == digests[base], digests
+
+
 def test_a_base_without_python_headers_fails_the_build_first_and_says_why() -> None:
     """The build stage checks for Python.h before installing anything (mypyc would fail minutes later)."""
     base = os.environ.get("RUM_IMAGE_BASE", "localhost/rum-llmobs-proxy-base:bookworm-py3")
