@@ -9,7 +9,8 @@ The pod is the Kubernetes sidecar's shape (deploy/README.md), by hand, because `
 containers with probes: the image's hook copier, run with the command deploy/README.md § 1 documents, fills a
 volume; the example agent (examples/agents/fastapi under ddtrace-run, listening on the pod's 127.0.0.1 only) has
 that volume on its PYTHONPATH; the proxy image is the pod's entry (its ports published on the host's loopback)
-with the hardened run options; Datadog's test agent and the fake LLM run in the pod too.
+with the hardened run options; Datadog's test agent and the fake LLM run in the pod too. The last test runs
+deploy/compose/compose.yaml with podman-compose, by the commands its header gives.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from tests.support.testagent import TestAgent, session_id_of
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("RUM_IMAGE", "localhost/rum-llmobs-proxy:image-test")
 TOOLS_IMAGE = os.environ.get("RUM_TOOLS_IMAGE", "localhost/rum-llmobs-image-test-tools:dev")
-# The documented hook-copy command's placeholders (deploy/README.md § 1).
-DOCUMENTED_IMAGE = "registry.example.com/rum-llmobs-proxy:0.1.0"
+# The documented hook-copy command's placeholders (deploy/README.md § 1): the image (any tag) and the volume.
+DOCUMENTED_IMAGE = re.compile(r"registry\.example\.com/rum-llmobs-proxy:[\w.-]+")
 DOCUMENTED_VOLUME = "rum-llmobs-hook"
 LLM_PORT = 8002  # the fake LLM, on the pod's loopback
 AGENT_PORT = 8000  # the example agent, on the pod's loopback: only the proxy reaches it
@@ -147,8 +148,8 @@ def pod() -> Iterator[Pod]:
     try:
         # The init container's step: exactly the documented command, with podman, this image and a fresh volume.
         argv = documented_hook_copy_command()
-        assert argv[0] == "docker" and DOCUMENTED_IMAGE in argv, argv
-        argv = [IMAGE if word == DOCUMENTED_IMAGE else word for word in argv[1:]]
+        assert argv[0] == "docker" and any(DOCUMENTED_IMAGE.fullmatch(word) for word in argv), argv
+        argv = [IMAGE if DOCUMENTED_IMAGE.fullmatch(word) else word for word in argv[1:]]
         argv = [word.replace(f"{DOCUMENTED_VOLUME}:", f"{pod.volume}:", 1) for word in argv]
         podman(*argv)
 
