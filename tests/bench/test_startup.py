@@ -44,3 +44,11 @@ def test_memory_and_cpu_are_read_for_a_live_process(startup: ModuleType) -> None
     memory = startup.smaps(os.getpid())
     assert 0 < memory.anon_mb < memory.rss_mb  # this interpreter has both heap and mapped code
     assert startup.cpu_ms(os.getpid()) > 0
+
+
+def test_a_startup_probe_would_hold_the_agent_a_whole_period(startup: ModuleType) -> None:
+    """The kubelet probes as the sidecar starts and every second after: a proxy ready in 0.2 s passes the second
+    probe (1 s), one ready in 1.2 s the third (2 s)."""
+    series = startup.Series("proxy", [200.0, 256.0, 1200.0], [], [])
+    assert startup.gate(series).startswith("INFO  a startupProbe with periodSeconds: 1 would start the agent 1 s ")
+    assert "(median; 1–2 s over these starts)" in startup.gate(series)
