@@ -3,8 +3,8 @@
 The commands are read from the Markdown itself (fenced blocks, and code spans in the text), so a README that shows
 a new install command fails `test_every_install_command_shown_is_run_or_explained` until this module runs it, or
 says why it cannot. Each one runs in its own `python -m venv` (as if activated: its `bin` first on PATH) over a copy
-of the tree as git sees it (tracked files and new ones not ignored: on a clean clone, HEAD), with the working tree's
-build products left behind; the installs run side by side, from PyPI. Then what the user would try next: the
+of the tree as git sees it (tracked files and new ones not ignored: on a clean clone, HEAD; never the ignored
+build products such as proxy/*.so); the installs run side by side, from PyPI. Then what the user would try next: the
 proxy's `--version` (compiled or plain Python, and the version in the wheel's metadata), and one request through
 the installed proxy to a real aiohttp upstream on loopback; the hook's `install()`; the OpenTelemetry twin putting
 the baggage's session on a span.
