@@ -11,7 +11,7 @@ the baggage's session on a span.
 
 A machine without a C compiler is one where `CC` names none: `pip install -v .` must still install, as plain Python,
 and print the one line saying so. Beyond the READMEs, `pip install git+<URL>` (issue 18), from a git repository of
-the same copy by file URL.
+the same copy by file URL, and the sdist `python -m build --sdist` writes.
 """
 
 from __future__ import annotations
@@ -72,8 +72,17 @@ README_PATHS = (
     InstallPath("hook", "pip install ./hook", "hook"),
     InstallPath("otel", "pip install ./hook/otel", "otel"),
 )
-# Not shown as such: `pip install git+<URL>` (the issue's), from a git repository of the copy.
-EXTRA_PATHS = (InstallPath("git-url", "RUM_LLMOBS_PROXY_PURE_PYTHON=1 pip install git+file://{tree}", "proxy"),)
+# Not shown as such (issue 18): `pip install git+<URL>`, from a git repository of the copy; and the sdist `python -m
+# build` makes (as `make dist` does), installed: it holds everything the build needs. Plain Python, for time: the
+# compiled build is the same code path as `pip install .` above.
+EXTRA_PATHS = (
+    InstallPath("git-url", "RUM_LLMOBS_PROXY_PURE_PYTHON=1 pip install git+file://{tree}", "proxy"),
+    InstallPath(
+        "sdist",
+        "pip install build && python -m build --sdist && RUM_LLMOBS_PROXY_PURE_PYTHON=1 pip install dist/*.tar.gz",
+        "proxy",
+    ),
+)
 # Shown, and not run here, because something else runs them or they cannot run here.
 NOT_RUN = {
     "pip install --no-deps --require-hashes -r requirements.lock": "the image's build stage: "
@@ -209,6 +218,8 @@ async def install(path: InstallPath, tree: Path, venvs: Path) -> Installed:
     env = user_environment(venv, path.env)
     status, output = await run([sys.executable, "-m", "venv", str(venv)], env=env, cwd=venvs, seconds=120)
     assert status == 0, output
+    # Its own copy: pip builds in the source tree (build/, *.egg-info), and the installs run at the same time.
+    tree = Path(shutil.copytree(tree, venvs / f"{path.name}-tree", symlinks=True))
     command = path.command.format(tree=tree)
     status, output = await run(["bash", "-c", command], env=env, cwd=tree, seconds=INSTALL_TIMEOUT)
     assert status == 0, f"`{command}` failed ({status}):\n{output[-4000:]}"
