@@ -9,14 +9,23 @@ the temp directory is removed unless DEMO_KEEP_LOGS=1):
     page ──► console :8082 (local RUM intake + the LLMObs spans the test agent received + the proxy's request
                             lines, read from its stdout log: where it found each request's session ID)
 
-Environment: DEMO_HOST, DEMO_PORT, DEMO_ADMIN_PORT, DEMO_CONSOLE_PORT, DEMO_AGENT_PORT, DEMO_LLM_PORT,
-DEMO_TEST_AGENT_PORT override the ports; DEMO_CHUNK_DELAY (0.08 s) paces the fake LLM; see examples/demo/README.md
-for DD_API_KEY and DEMO_LLM=openai.
+Ports (on DEMO_HOST, default 127.0.0.1; each variable overrides one; a port already in use stops the demo with
+one line naming its variable):
+
+    8080 DEMO_PORT             the proxy: the page and /chat
+    8081 DEMO_ADMIN_PORT       the proxy's admin port (/healthz, /readyz, /metrics)
+    8082 DEMO_CONSOLE_PORT     the console: local RUM intake, spans and proxy lines for the page
+    8001 DEMO_AGENT_PORT       the example agent
+    8000 DEMO_LLM_PORT         the fake LLM (not started with DEMO_LLM=openai)
+    8126 DEMO_TEST_AGENT_PORT  Datadog's test agent (not started with DD_API_KEY; its OTLP ports are any free ones)
+
+DEMO_CHUNK_DELAY (0.08 s) paces the fake LLM; see examples/demo/README.md for DD_API_KEY and DEMO_LLM=openai.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -56,6 +65,17 @@ class DemoError(Exception):
     pass
 
 
+# Each port variable: its default and what listens there (the module docstring lists the same).
+PORT_VARIABLES = {
+    "DEMO_PORT": (8080, "the proxy: the page and /chat"),
+    "DEMO_ADMIN_PORT": (8081, "the proxy's admin port"),
+    "DEMO_CONSOLE_PORT": (8082, "the console"),
+    "DEMO_AGENT_PORT": (8001, "the example agent"),
+    "DEMO_LLM_PORT": (8000, "the fake LLM"),
+    "DEMO_TEST_AGENT_PORT": (8126, "Datadog's test agent"),
+}
+
+
 @dataclass(frozen=True)
 class Ports:
     host: str
@@ -68,18 +88,55 @@ class Ports:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Ports:
-        def port(name: str, default: int) -> int:
-            return int(env.get(name, default))
+        def port(name: str) -> int:
+            value = env.get(name, str(PORT_VARIABLES[name][0]))
+            if not value.isdigit() or not 0 < int(value) < 65536:
+                raise DemoError(f"{name}={value!r} is not a port number (1-65535)")
+            return int(value)
 
         return cls(
             host=env.get("DEMO_HOST", "127.0.0.1"),
-            proxy=port("DEMO_PORT", 8080),
-            admin=port("DEMO_ADMIN_PORT", 8081),
-            console=port("DEMO_CONSOLE_PORT", 8082),
-            agent=port("DEMO_AGENT_PORT", 8001),
-            llm=port("DEMO_LLM_PORT", 8000),
-            test_agent=port("DEMO_TEST_AGENT_PORT", 8126),
+            proxy=port("DEMO_PORT"),
+            admin=port("DEMO_ADMIN_PORT"),
+            console=port("DEMO_CONSOLE_PORT"),
+            agent=port("DEMO_AGENT_PORT"),
+            llm=port("DEMO_LLM_PORT"),
+            test_agent=port("DEMO_TEST_AGENT_PORT"),
         )
+
+    def used(self, env: Mapping[str, str]) -> dict[str, int]:
+        """The ports this run listens on, by the variable that sets each (the optional processes only when started)."""
+        ports = {
+            "DEMO_PORT": self.proxy,
+            "DEMO_ADMIN_PORT": self.admin,
+            "DEMO_CONSOLE_PORT": self.console,
+            "DEMO_AGENT_PORT": self.agent,
+        }
+        if env.get("DEMO_LLM") != "openai":
+            ports["DEMO_LLM_PORT"] = self.llm
+        if not env.get("DD_API_KEY"):
+            ports["DEMO_TEST_AGENT_PORT"] = self.test_agent
+        return ports
+
+    def check_free(self, env: Mapping[str, str]) -> None:
+        """Refuse, in one line naming the variable, a port given twice or one something already listens on."""
+        seen: dict[int, str] = {}
+        for name, port in self.used(env).items():
+            if port in seen:
+                raise DemoError(f"{name} and {seen[port]} are both {port}: set one of them to another port")
+            seen[port] = name
+            with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as probe:
+                # As the servers bind: SO_REUSEADDR, so a closed connection's TIME_WAIT is no conflict, a listener is.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((self.host, port))
+                except OSError as exc:
+                    what = PORT_VARIABLES[name][1]
+                    reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+                    raise DemoError(
+                        f"port {port} on {self.host} ({what}) {reason}: set {name} to a free port, "
+                        f"e.g. {name}={port + 10000 if port < 55536 else port - 1000} make demo"
+                    ) from None
 
     def url(self, port: int) -> str:
         return f"http://{self.host}:{port}"
@@ -277,8 +334,8 @@ rum-llmobs-proxy demo is running: open  {ports.url(ports.proxy)}/
   LLMObs spans go to                  {spans}
   console (RUM intake, spans JSON)    {ports.url(ports.console)}/api/spans
 
-Chat in the page: the left column shows the browser's RUM session ID, the right one the session_id of every
-LLM Observability span the agent produced. Ctrl-C stops everything.
+Chat in the page (left column): the middle column shows the browser's RUM session ID, the right one the
+session_id of every LLM Observability span the agent produced. Ctrl-C stops everything.
 """
 
 
@@ -291,8 +348,18 @@ def main() -> int:
     # ignored at start, as for anything a non-interactive shell runs in the background (`make demo &`, CI).
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupt)
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        print(__doc__)
+        return 0
     env = dict(os.environ)
-    ports = Ports.from_env(env)
+    try:
+        ports = Ports.from_env(env)
+        ports.check_free(env)
+    except DemoError as exc:  # before anything started: one line, nothing to stop
+        print(f"demo: {exc}", file=sys.stderr, flush=True)
+        return 1
+    listed = ", ".join(f"{port} ({name})" for name, port in ports.used(env).items())
+    print(f"demo: ports on {ports.host}: {listed}", flush=True)
     supervisor = Supervisor(Path(tempfile.mkdtemp(prefix="rum-llmobs-demo-")))
     status = 0
     try:

@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -125,6 +126,18 @@ def assert_proxy_took(record: dict[str, Any], source: str, carrier: str) -> None
     assert f"proxy took it from {carrier}" in record["meta"]
 
 
+# Every text the page's RUM session ID cell takes, from the first paint on (installed before the page's scripts).
+SESSION_CELL_HISTORY = """window.__sessionShown = [];
+document.addEventListener('DOMContentLoaded', () => {
+  const cell = document.querySelector('#rum-session-id');
+  window.__sessionShown.push(cell.textContent);
+  new MutationObserver(() => window.__sessionShown.push(cell.textContent))
+    .observe(cell, {childList: true, characterData: true, subtree: true});
+});"""
+# Left edges of the page's three columns: the chat, the browser's RUM session, the agent's spans.
+COLUMN_LEFTS = """['#chat', '#browser-column', '#agent-column'].map(
+    s => document.querySelector(s).getBoundingClientRect().left)"""
+
 SESSION_CELLS = """[...document.querySelectorAll('%s td.session')].map(cell => ({
     text: cell.textContent, label: cell.className,
     before: getComputedStyle(cell, '::before').content, after: getComputedStyle(cell, '::after').content}))"""
@@ -140,9 +153,13 @@ async def test_demo_shows_the_rum_session_on_the_llmobs_spans_and_stops_on_ctrl_
             url = wait_for_output(log, demo, READY, timeout=120)
             async with connect(browser_ws_url) as browser:
                 async with browser.new_page(width=1200, height=440) as page:
+                    await page.send("Page.addScriptToEvaluateOnNewDocument", {"source": SESSION_CELL_HISTORY})
                     await page.goto(url)
                     await page.wait_for("window.demo && window.demo.ready")
                     session_id = await page.wait_for("DD_RUM.getInternalContext()?.session_id")
+                    await page.wait_for(f"window.__sessionShown.includes({session_id!r})")
+                    session_cell_history = await page.evaluate("window.__sessionShown")
+                    column_lefts = await page.evaluate(COLUMN_LEFTS)
                     # SDK v7 with tracing (the page's default) sends baggage; the cookie rides along but comes last.
                     first = await chat(page, "How long does shipping take?")
                     assert_proxy_took(first, "baggage", "the W3C baggage header")
@@ -186,6 +203,13 @@ async def test_demo_shows_the_rum_session_on_the_llmobs_spans_and_stops_on_ctrl_
                     )
 
             assert shown == session_id
+            # From load to the ID, the cell says the SDK is starting: never "(no session)" for a session that exists.
+            assert "(no session)" not in session_cell_history, session_cell_history
+            assert session_cell_history[-1] == session_id
+            # The banner names the column the ID is in: the middle one of the page's three.
+            chat_left, browser_left, agent_left = column_lefts
+            assert chat_left < browser_left < agent_left
+            assert "the middle column shows the browser's RUM session ID" in log.read_text(errors="replace")
             assert len(current_cells) >= 3 and {c["text"] for c in current_cells} == {session_id}
             assert screenshot.read_bytes().startswith(PNG_SIGNATURE)
             # The later visitor sees its own spans first; the first visitor's are labelled earlier, never a ✗.
@@ -236,3 +260,44 @@ def test_sigterm_stops_the_demo_and_removes_its_temp_directory() -> None:
     [log_dir] = {Path(child_log).parent for _, _, child_log in started}
     assert f"demo: removed {log_dir}" in output
     assert not log_dir.exists()
+
+
+@pytest.mark.parametrize("variable", ["DEMO_LLM_PORT", "DEMO_PORT"])
+def test_a_busy_port_stops_the_demo_with_one_line_naming_its_variable(variable: str) -> None:
+    """Something already listens on one of the demo's ports: one line names the port and the variable, no traceback,
+    nothing started."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        names = ("DEMO_PORT", "DEMO_ADMIN_PORT", "DEMO_CONSOLE_PORT", "DEMO_AGENT_PORT", "DEMO_LLM_PORT")
+        env = {**os.environ, **{name: str(free_port()) for name in (*names, "DEMO_TEST_AGENT_PORT")}}
+        env[variable] = str(port)
+        for name in ("DD_API_KEY", "DEMO_LLM"):
+            env.pop(name, None)
+        result = subprocess.run(
+            [str(VENV_PYTHON), str(REPO / "examples" / "demo" / "run.py")],
+            env=env, cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"demo: port {port} on 127.0.0.1 (")
+    assert f"is in use: set {variable} to a free port" in line
+
+
+def test_help_lists_every_port_the_demo_uses_with_its_variable() -> None:
+    result = subprocess.run(
+        [str(VENV_PYTHON), str(REPO / "examples" / "demo" / "run.py"), "--help"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0
+    listed = dict(re.findall(r"^ +(\d+) (DEMO_\w*PORT) ", result.stdout, flags=re.MULTILINE))
+    assert listed == {
+        "8080": "DEMO_PORT",
+        "8081": "DEMO_ADMIN_PORT",
+        "8082": "DEMO_CONSOLE_PORT",
+        "8001": "DEMO_AGENT_PORT",
+        "8000": "DEMO_LLM_PORT",
+        "8126": "DEMO_TEST_AGENT_PORT",
+    }

@@ -90,6 +90,17 @@ function rumSessionId() {
   return context ? context.session_id : undefined;
 }
 
+// The SDK reports its session a moment after init(): until it does (or 10 s passed: a session not tracked), the
+// page says it is starting rather than "(no session)", and the chat waits for the ID it sends.
+let sessionSettled = false;
+async function waitForSession(within = 10000) {
+  const deadline = Date.now() + within;
+  while (!rumSessionId() && Date.now() < deadline) {
+    await new Promise((resolve) => { setTimeout(resolve, 50); });
+  }
+  sessionSettled = true;
+}
+
 function addMessage(role, text, meta = '') {
   const element = document.createElement('div');
   element.className = `message ${role}`;
@@ -261,7 +272,7 @@ function renderRum(rum, sessionId) {
 
 async function refreshPanels() {
   const sessionId = rumSessionId();
-  $('#rum-session-id').textContent = sessionId || '(no session)';
+  $('#rum-session-id').textContent = sessionId || (sessionSettled ? '(no session)' : 'starting…');
   try {
     const rumPath = `/api/rum?session_id=${encodeURIComponent(sessionId || '')}`;
     const [rum, spans, proxied] = await Promise.all([
@@ -279,6 +290,8 @@ async function start() {
   await loadRum(options.rum);
   initRum();
   $('#rum-version').textContent = `@datadog/browser-rum ${window.DD_RUM.version}`;
+  await waitForSession();
+  $('#rum-session-id').textContent = rumSessionId() || '(no session)';
   $('#send-mode').value = options.send;
   $('#send-mode').addEventListener('change', (event) => { options.send = event.target.value; });
   $('#flush-rum').addEventListener('click', flushRum);
