@@ -324,6 +324,8 @@ def test_dockerfile_pip_commands_build_a_working_venv(instructions: list[Instruc
         [str(bin_dir / "python"), "-I", "-c", "import proxy.forward, mypy"], capture_output=True, text=True, check=False
     )
     assert "No module named 'mypy'" in compiled.stderr, "the build tools are still in the venv"
+    assert not list(venv_dir.glob("lib/python*/site-packages/pip")), "pip ships in the image"
+    assert not list(venv_dir.glob("lib/python*/site-packages/setuptools")), "setuptools ships in the image"
     assert list(venv_dir.glob("lib/python*/site-packages/proxy/forward.*.so")), "the request path was not compiled"
     check = subprocess.run(
         [str(bin_dir / "rum-llmobs-proxy"), "--print-config"],
