@@ -159,7 +159,7 @@ async def test_baggage_alone_reaches_every_llmobs_span_and_the_trace_continues(
 
     assert not rum_cookies(request)
     assert f"session.id={session_id}" in request.headers["baggage"].split(",")
-    # What the SDK added is exactly the CORS allow-list the README gives for cross-origin agents.
+    # What the SDK added is exactly the CORS allow-list docs/frontend.md gives for cross-origin agents.
     added = {name for name in request.headers if name.startswith(("x-datadog-", "trace", "baggage"))}
     assert added == RUM_TRACING_HEADERS
     spans = chat_spans(stack.test_agent, token)

@@ -118,7 +118,7 @@ def test_a_django_streaming_response_needs_the_hook(test_agent: TestAgent, fake_
     """A StreamingHttpResponse's generator runs after ddtrace's Django request span: outside the propagated trace.
 
     Without the hook its LLMObs spans get no session (with the hook they do: test_hook_e2e.py). If this starts
-    failing, ddtrace fixed it: update the supported-stacks table in README.md.
+    failing, ddtrace fixed it: update docs/supported-stacks.md.
     """
     marker = new_session_id()
     with (
