@@ -138,9 +138,11 @@ def ext_modules() -> list[Extension]:
         return mypyc_extensions()
     try:
         return mypyc_extensions()
+    except ImportError:  # a build without isolation, in an environment without the build requirements
+        say_pure("mypy (mypyc) is not installed", "install the build requirements of pyproject.toml")
     except (Exception, SystemExit):  # mypy printed its errors; SystemExit is how mypyc reports them
         say_pure("mypyc failed", "resolve the errors above")
-        return []
+    return []
 
 
 class FallbackBuildExt(build_ext):  # type: ignore[misc]

@@ -8,6 +8,7 @@ installs).
 
 from __future__ import annotations
 
+import sys
 import sysconfig
 import tomllib
 from pathlib import Path
@@ -87,3 +88,24 @@ def test_a_compiled_wheel_requires_the_runtime_dependencies() -> None:
     dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert setup.wants_compiled() is True
     assert setup.mypyc_requirements() == dependencies
+
+
+def test_metadata_and_the_sdist_never_compile_nor_probe(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CC", "/nonexistent/cc")  # a probe would print the plain-Python line
+    for command in ("egg_info", "dist_info", "sdist"):
+        monkeypatch.setattr("sys.argv", ["setup.py", command, "--output-dir", "/tmp/anywhere"])
+        assert setup.ext_modules() == []
+    assert capsys.readouterr().err == ""
+
+
+def test_a_build_without_mypy_is_plain_python_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "mypyc.build", None)  # `import mypyc.build` raises ImportError
+    monkeypatch.setattr("sys.argv", ["setup.py", "bdist_wheel", "--dist-dir", "/tmp/anywhere"])
+    assert setup.ext_modules() == []
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("rum-llmobs-proxy: mypy (mypyc) is not installed: building the request path as plain")
+    assert "install the build requirements of pyproject.toml and reinstall" in line
