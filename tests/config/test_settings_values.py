@@ -3,12 +3,18 @@ value to write instead, never with a parser's words ("relative URL without a bas
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from config.loader import ConfigError, load_settings
 from config.settings import LogFormat, LogLevel
 
 UPSTREAM = "RUM_PROXY_UPSTREAM_URL"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def problems(environ: dict[str, str]) -> list[str]:
@@ -71,3 +77,21 @@ def test_an_unknown_log_level_lists_the_valid_ones() -> None:
     assert problems({UPSTREAM: "http://agent:8000", "RUM_PROXY_LOG_LEVEL": "VERBOSE"}) == [
         "RUM_PROXY_LOG_LEVEL: Input should be 'debug', 'info', 'warning' or 'error'"
     ]
+
+
+def test_the_command_names_the_url_to_write_and_exits_2() -> None:
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("RUM_PROXY_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy"],
+        env={**environ, UPSTREAM: "localhost:8000", "RUM_PROXY_LOG_LEVEL": "INFO"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr.splitlines()) == (
+        2,
+        ["rum-llmobs-proxy: configuration error: RUM_PROXY_UPSTREAM_URL: 'localhost:8000' has no scheme: use "
+         "http://localhost:8000"],
+    )  # fmt: skip
