@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
+from aiohttp import web
 
 from config.loader import ConfigError, env_name, exit_on_config_error, load_settings, unknown_variables
 from config.settings import Settings
@@ -127,12 +128,14 @@ async def serve(
     from `on_listening` that this worker listens.
     """
     from proxy.app import Proxy
-    from proxy.health import AdminServer
+    from proxy.health import create_admin_app
     from proxy.server import ClientConnection
 
     loop = asyncio.get_running_loop()
     proxy = Proxy(settings, tracing_enabled=tracing_enabled)
-    admin_server = AdminServer(proxy.lifecycle, proxy.metrics)
+    admin_runner = web.AppRunner(create_admin_app(proxy.lifecycle, proxy.metrics), access_log=None)
+    if admin:
+        await admin_runner.setup()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -145,15 +148,17 @@ async def serve(
             reuse_port=settings.reuse_port or worker is not None,
         )
         if admin:
-            await admin_server.start(settings.admin_host, settings.admin_port)
+            admin_site = web.TCPSite(admin_runner, settings.admin_host, settings.admin_port)
+            await admin_site.start()
     except OSError as error:
         logger.error("cannot_listen", detail=str(error))
-        await admin_server.close()
+        if admin:
+            await admin_runner.cleanup()
         return 1
     logger.info(
         "listening",
         proxy=[f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets],
-        admin=admin_server.addresses if admin else None,
+        admin=_addresses(admin_runner) if admin else None,
         worker=worker,
         upstream=str(settings.upstream_url),
         sources=[s.value for s in settings.sources],
@@ -175,7 +180,8 @@ async def serve(
     if publishing is not None:
         publishing.cancel()
         proxy.metrics.publish()  # the last requests, before the supervisor reads this worker's files
-    await admin_server.close()
+    if admin:
+        await admin_runner.cleanup()
     logger.info("stopped")
     return 0
 
@@ -187,3 +193,7 @@ async def _publish_metrics(metrics: Metrics) -> None:
     while True:
         await asyncio.sleep(PUBLISH_SECONDS)
         metrics.publish()
+
+
+def _addresses(runner: web.AppRunner) -> list[str]:
+    return [f"{address[0]}:{address[1]}" for address in runner.addresses]

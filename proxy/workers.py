@@ -14,6 +14,7 @@ import signal
 import tempfile
 
 import structlog
+from aiohttp import web
 
 from config.settings import Settings
 
@@ -82,7 +83,7 @@ async def _supervise(
     from prometheus_client import CollectorRegistry, multiprocess
 
     from proxy.app import Lifecycle
-    from proxy.health import AdminServer
+    from proxy.health import create_admin_app
     from proxy.metrics import Metrics
 
     lifecycle = Lifecycle()
@@ -101,9 +102,10 @@ async def _supervise(
     shared = CollectorRegistry()
     multiprocess.MultiProcessCollector(shared)  # type: ignore[no-untyped-call]
     metrics = Metrics(exposed=shared)
-    admin = AdminServer(lifecycle, metrics)
+    runner = web.AppRunner(create_admin_app(lifecycle, metrics), access_log=None)
+    await runner.setup()
     try:
-        await admin.start(settings.admin_host, settings.admin_port)
+        await web.TCPSite(runner, settings.admin_host, settings.admin_port).start()
     except OSError as error:
         logger.error("cannot_listen", detail=str(error))
         _signal_all(workers, signal.SIGTERM)
@@ -133,7 +135,7 @@ async def _supervise(
             multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
         await asyncio.sleep(0.05)
     _signal_all(workers, signal.SIGKILL)
-    await admin.close()
+    await runner.cleanup()
     logger.info("stopped")
     return 0
 
