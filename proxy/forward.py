@@ -332,9 +332,14 @@ class Exchange(RequestRecord):
         self.status = status
         self.response_state = RESPONSE_STREAMING
         upstream = self.upstream
-        if self.request_state != REQUEST_SENT or (upstream is not None and upstream.flow.write_paused):
-            # An answer before the upstream had the whole request (an early 401/413): whether it reads the rest or
-            # not is unknown, so the connection is never reused (nginx's rule).
+        if (
+            self.request_state != REQUEST_SENT
+            or (upstream is not None and upstream.flow.write_paused)
+            or (status >= 400 and (self._chunked_in or bool(self._length_in)))
+        ):
+            # An answer before the upstream had the whole request (nginx's rule), or an error answer to a request
+            # with a body (an early 401/413 whose body may still sit unread in the socket buffers: written is not
+            # read): whether the upstream reads the rest is unknown, so the connection is never reused.
             keep = False
         client.write(downstream_response_head(status, reason, headers, framing=framing, plan=plan))
         if plan.body == BODY_NONE:

@@ -213,7 +213,6 @@ TRIALS = 12
 # connection is read and logged (499 when the client gives up), but never reaches the upstream: it is written to
 # the pooled connection that answered early, behind the body that upstream never reads. (On 22bc614 these tests
 # failed too: keep-alive promised then a close, the read pause left on the client, the same pool reuse.)
-POOLED_EARLY = "issue 17 item 4: an upstream connection that answered early is reused; the next request hangs"
 
 
 def test_an_early_answer_reaches_a_client_still_uploading(
@@ -258,7 +257,6 @@ def test_an_early_answer_reaches_a_client_still_uploading(
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.xfail(strict=True, reason=POOLED_EARLY)
 def test_after_an_early_answer_the_next_request_is_read(running_proxy: ProxyFactory, upstream_loop: LoopThread) -> None:
     """A 1 MiB upload sent whole, answered 413 by the upstream before it read any of it: if the answer keeps the
     connection, the next request on it must be read and answered. On 22bc614 the upstream's write pause stays on the
@@ -304,7 +302,6 @@ def test_an_http10_keep_alive_client_gets_a_close_delimited_stream(
     assert response.body == SSE_BODY and response.complete, (response.body, response.ending)
 
 
-@pytest.mark.xfail(strict=True, reason=POOLED_EARLY)
 def test_an_early_answer_reaches_a_client_that_uploads_blindly(
     running_proxy: ProxyFactory, upstream_loop: LoopThread
 ) -> None:
