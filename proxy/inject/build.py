@@ -302,7 +302,7 @@ def _sidecar(image: str, proxy_port: int, admin_port: int, env: list[Manifest]) 
         "readinessProbe": _probe("/readyz", period=1, failures=3, timeout=2),
         # No CPU limit on purpose: CFS throttling adds latency to every proxied request. Memory (bench/startup.py,
         # deploy/README.md): RSS 43 MB idle, 44 MB under 50 connections, 52 MB with 1,000 streams open.
-        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "resources": {"requests": {"cpu": "100m", "memory": "80Mi"}, "limits": {"memory": "256Mi"}},
         "securityContext": _security_context(),
         "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],  # noqa: S108 - an emptyDir of its own
     }
