@@ -115,15 +115,19 @@ fuzz: $(COMPILED)
 		tests/hardening/test_fuzz_requests.py
 
 # The release files in dist/: the sdist, the wheel built from it with the request path compiled (gcc and the Python
-# headers needed, as for `make compile`; RUM_LLMOBS_PROXY_PURE_PYTHON=0 fails rather than ship plain Python), and
-# SHA256SUMS over every file there (`cd dist && sha256sum -c SHA256SUMS`). DIST_EXTRA: more files to copy into dist/
-# and checksum with them, e.g. the image archive (`make dist DIST_EXTRA=rum-llmobs-proxy-image.tar`).
+# headers needed, as for `make compile`; RUM_LLMOBS_PROXY_PURE_PYTHON=0 fails rather than ship plain Python), the
+# image archive (`podman save` of the Dockerfile's image tagged with the version: tests/image/save.sh, root; `podman
+# load -i` or `docker load -i` it), and SHA256SUMS over every file there (`cd dist && sha256sum -c SHA256SUMS`).
+# DIST_IMAGE=0 leaves the image out; DIST_EXTRA: more files to copy into dist/ and checksum with them.
 DIST_EXTRA ?=
+DIST_IMAGE ?= 1
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' proxy/__init__.py)
 .PHONY: dist
 dist: $(STAMP)
 	rm -rf dist
 	$(PY) -m pip install --quiet --disable-pip-version-check "build>=1.2"
 	RUM_LLMOBS_PROXY_PURE_PYTHON=0 $(PY) -m build --outdir dist .
+	$(if $(filter 1,$(DIST_IMAGE)),$(if $(filter 0,$(shell id -u)),,sudo) tests/image/save.sh dist/rum-llmobs-proxy-$(VERSION)-image.tar)
 	$(if $(strip $(DIST_EXTRA)),cp $(DIST_EXTRA) dist/)
 	cd dist && sha256sum -- * > SHA256SUMS
 	@cat dist/SHA256SUMS

@@ -50,6 +50,16 @@ if grep -qi "useradd warning" /tmp/rum-image-test-build.log; then
     exit 1
 fi
 
+# The archive `make dist` ships (tests/image/save.sh): podman save, then load it back under another name.
+archive=$(mktemp /tmp/rum-image-archive.XXXXXX)
+podman save --format docker-archive --output "$archive" "$IMAGE" >/dev/null
+loaded=$(podman load --input "$archive" 2>&1)
+rm -f "$archive"
+if ! grep -q "$IMAGE" <<<"$loaded"; then
+    echo "run.sh: podman load of the saved image did not give back $IMAGE: $loaded" >&2
+    exit 1
+fi
+
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 base_size=$(podman image inspect --format '{{.Size}}' "$base")
 echo "run.sh: $IMAGE: $((size / 1000000)) MB (its base $base: $((base_size / 1000000)) MB)," \
