@@ -53,7 +53,8 @@ RUN pip install --no-deps --require-hashes -r requirements-build.lock \
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="rum-llmobs-proxy" \
       org.opencontainers.image.description="Sidecar proxy linking Datadog RUM sessions to LLM Observability traces" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="0.1.0"
 # Numeric, fixed IDs so Kubernetes runAsNonRoot can verify them without /etc/passwd lookups. Not --system: its
 # range ends at 999 and useradd warns about 10001; --no-log-init keeps a UID this high out of lastlog/faillog.
 # /rum-llmobs-hook, owned by that user, is the copier's mount point: a new named volume mounted there takes its
@@ -65,6 +66,7 @@ RUN groupadd --gid 10001 rumproxy \
 COPY --from=build /opt/venv /opt/venv
 # The hook is plain source for the *agent's* interpreter: any Python the agent runs, not this one.
 COPY hook/sitecustomize.py hook/rum_llmobs_hook.py /opt/rum-llmobs-hook/
+COPY LICENSE /usr/share/doc/rum-llmobs-proxy/LICENSE
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1

@@ -67,3 +67,9 @@ def test_every_image_tag_the_docs_show_is_this_version() -> None:
 def test_the_changelog_has_an_entry_for_this_version() -> None:
     headings = re.findall(r"^## (\S+)", (REPO / "CHANGELOG.md").read_text(), flags=re.MULTILINE)
     assert __version__ in headings
+
+
+def test_the_image_label_is_this_version_and_the_image_ships_the_licence() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert f'org.opencontainers.image.version="{__version__}"' in dockerfile
+    assert "COPY LICENSE /usr/share/doc/rum-llmobs-proxy/LICENSE" in dockerfile

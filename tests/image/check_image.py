@@ -206,6 +206,14 @@ def test_the_image_is_the_compiled_build() -> None:
     assert podman("run", "--rm", IMAGE, "--version").stdout.strip().endswith("(compiled)")
 
 
+def test_the_image_says_its_version_and_ships_the_licence() -> None:
+    labels = podman("image", "inspect", "--format", "{{json .Labels}}", IMAGE).stdout
+    version = podman("run", "--rm", IMAGE, "--version").stdout.split()[1]
+    assert f'"org.opencontainers.image.version":"{version}"' in labels.replace(" ", ""), labels
+    licence = podman("run", "--rm", "--entrypoint=cat", IMAGE, "/usr/share/doc/rum-llmobs-proxy/LICENSE").stdout
+    assert "Apache License" in licence and "Version 2.0, January 2004" in licence
+
+
 def test_the_build_machines_ca_bundle_is_not_baked_into_the_image() -> None:
     """run.sh mounts this machine's CA bundle for the build's pip; the image keeps its base's own bundle."""
     base = os.environ.get("RUM_IMAGE_BASE", "localhost/rum-llmobs-proxy-base:bookworm-py3")
