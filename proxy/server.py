@@ -286,6 +286,7 @@ class ClientConnection(asyncio.Protocol):
             self.flow.resume_reading("pipeline")
         if pending.refusal is not None or pending.head is None:
             refusal = pending.refusal or Refusal(400, "bad_request", "malformed request")
+            self.proxy.metrics.count_request(refusal.status, "none", 0.0)
             self.write(error_response(refusal.status, refusal.error, refusal.reason))
             self.linger()
             return
