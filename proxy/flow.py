@@ -31,7 +31,8 @@ class FlowControl:
         self._reasons.add(reason)
 
     def resume_reading(self, reason: str) -> None:
-        if reason not in self._reasons:
+        reasons = self._reasons
+        if not reasons or reason not in reasons:  # the common case: nothing paused (no set lookup)
             return
         self._reasons.discard(reason)
         if not self._reasons and not self._transport.is_closing():
@@ -44,7 +45,7 @@ class FlowControl:
                 self._transport.resume_reading()
 
     def reading_paused_for(self, reason: str) -> bool:
-        return reason in self._reasons
+        return bool(self._reasons) and reason in self._reasons
 
     @property
     def reading_paused(self) -> bool:

@@ -114,7 +114,7 @@ class Exchange(RequestRecord):
         proxy.tracing_start(self)
         codings = head.transfer_codings
         hosts = head.index.get(b"host")
-        absolute = head.target.startswith((b"http://", b"https://"))
+        absolute = head.target[:1] != b"/" and head.target.startswith((b"http://", b"https://"))
         refusal = check_request_head(head.method, self.http11, len(hosts) if hosts else 0, codings, absolute)
         if refusal is not None:
             if refusal.status != 405:  # malformed: counted and logged with the others (rate-limited)

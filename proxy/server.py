@@ -213,9 +213,10 @@ class ClientConnection(asyncio.Protocol):
         head = scan_request_head(
             parser.get_method(), self._url, b"1.1" if http11 else b"1.0", self._headers, self.proxy.extra_header_names
         )
-        websocket = parser.should_upgrade() and is_websocket_upgrade(head)
+        upgrade = parser.should_upgrade()
+        websocket = upgrade and is_websocket_upgrade(head)
         # Other upgrades (h2c) are served as plain HTTP/1.1: llhttp stops at them, data_received resumes.
-        self._ignored_upgrade = parser.should_upgrade() and not websocket and head.method != b"CONNECT"
+        self._ignored_upgrade = upgrade and not websocket and head.method != b"CONNECT"
         keep_alive = parser.should_keep_alive() and not websocket and head.method != b"CONNECT"
         if self.exchange is None and not self._queue:
             self._start(head, http11, keep_alive, websocket)
