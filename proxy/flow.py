@@ -44,12 +44,34 @@ class FlowControl:
             if not self._transport.is_closing():
                 self._transport.resume_reading()
 
+    def peer_writable(self, reason: str, writable: bool) -> None:
+        """Follow the peer `reason` names: read while it can take bytes, pause while its send buffer is full."""
+        if writable:
+            self.resume_reading(reason)
+        else:
+            self.pause_reading(reason)
+
     def reading_paused_for(self, reason: str) -> bool:
         return bool(self._reasons) and reason in self._reasons
 
     @property
     def reading_paused(self) -> bool:
         return bool(self._reasons)
+
+
+def couple(client: FlowControl, upstream: FlowControl) -> None:
+    """Pair a client and an upstream connection's flow state as it is now (an exchange or a tunnel starts): a write
+    pause signalled before, between two requests, still stops the other side from reading."""
+    if client.write_paused:
+        upstream.pause_reading("client")
+    if upstream.write_paused:
+        client.pause_reading("upstream")
+
+
+def decouple(client: FlowControl, upstream: FlowControl) -> None:
+    """Undo `couple`: neither connection waits for the other any more."""
+    upstream.resume_reading("client")
+    client.resume_reading("upstream")
 
 
 def reset(transport: asyncio.Transport) -> None:

@@ -22,7 +22,7 @@ import structlog
 
 from proxy.app import Proxy
 from proxy.errors import CUT_KINDS, FAILURES, error_response
-from proxy.flow import FlowControl
+from proxy.flow import FlowControl, couple, decouple
 from proxy.headers import (
     RequestHead,
     ResponseFraming,
@@ -43,13 +43,12 @@ from proxy.http1 import (
     sends_continue,
 )
 from proxy.inspection import Inspection
-from proxy.ports import Downstream, RequestRecord
+from proxy.ports import CLIENT_CLOSED_REQUEST, Downstream, RequestRecord
 from proxy.session import INSPECTABLE_CODINGS, Extraction, RequestParts, body_kind, inspectable_body
 from proxy.upstream import UpstreamConnectError, UpstreamConnection
 
 logger = structlog.get_logger()
 
-CLIENT_CLOSED_REQUEST: Final = 499  # nginx's convention, for logs and metrics only: nothing is sent
 _CHUNK_END: Final = b"0\r\n\r\n"
 HELD_BYTES: Final = 65_536  # most request bytes kept for a resend, or queued before the upstream connection exists
 
@@ -94,10 +93,6 @@ class Exchange(RequestRecord):
         self._plan = _NO_PLAN
         self._framing = ResponseFraming("none")
         self._keep_upstream = False
-
-    @property
-    def done(self) -> bool:
-        return self.response_state == RESPONSE_DONE
 
     @property
     def response_started(self) -> bool:
@@ -270,16 +265,12 @@ class Exchange(RequestRecord):
         """Pair the two connections' flow state as it is now: a pause signalled before this exchange still holds."""
         self.upstream = connection
         connection.attach(self)
-        if self.flow.write_paused:
-            connection.flow.pause_reading("client")
-        if connection.flow.write_paused:
-            self.flow.pause_reading("upstream")
+        couple(self.flow, connection.flow)
 
     def _detach(self) -> UpstreamConnection | None:
         connection, self.upstream = self.upstream, None
         if connection is not None:
-            connection.flow.resume_reading("client")
-            self.flow.resume_reading("upstream")
+            decouple(self.flow, connection.flow)
         return connection
 
     def _write_upstream(self, data: bytes) -> None:
@@ -419,18 +410,14 @@ class Exchange(RequestRecord):
     def upstream_writable(self, writable: bool) -> None:
         if writable:
             self._last_upstream = time.monotonic()  # the upstream took our bytes: progress
-            self.flow.resume_reading("upstream")
-        else:
-            self.flow.pause_reading("upstream")
+        self.flow.peer_writable("upstream", writable)
 
     def client_writable(self, writable: bool) -> None:
         connection = self.upstream
         if connection is not None:
             if writable:
                 self._last_upstream = time.monotonic()  # the upstream's silence while we held it is not its fault
-                connection.flow.resume_reading("client")
-            else:
-                connection.flow.pause_reading("client")
+            connection.flow.peer_writable("client", writable)
 
     # ---- endings
 

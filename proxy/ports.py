@@ -4,11 +4,13 @@ server (client connection) -> forward (exchange) -> upstream (pool, connection) 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Protocol
 
 from proxy.flow import FlowControl
 from proxy.headers import RequestHead
 from proxy.session import NOT_FOUND, Extraction
+
+CLIENT_CLOSED_REQUEST: Final = 499  # nginx's convention, for logs and metrics only: nothing is sent
 
 
 class ResponseListener(Protocol):
@@ -51,7 +53,7 @@ class RequestRecord:
         self.head = head
         self.started = started
         self.extraction: Extraction = NOT_FOUND
-        self.status = 499  # nginx's "client closed request", for logs and metrics only: nothing is sent
+        self.status = CLIENT_CLOSED_REQUEST
         self.error: str | None = None
         self.log_trace_id: str | None = None
         self.logged = False  # the request line is written by someone else (a rate-limited bad_request line)

@@ -14,6 +14,7 @@ import time
 import structlog
 
 from proxy.app import Proxy
+from proxy.flow import couple
 from proxy.forward import Exchange
 from proxy.ports import Downstream
 from proxy.upstream import UpstreamConnection
@@ -109,11 +110,7 @@ class Tunnel:
         self.closed = False
         self._going_away = False
         upstream.listener = self  # the tunnel takes the upstream's events now
-        # Pair the two connections' flow state as it is now: a pause signalled before the tunnel still holds.
-        if client.flow.write_paused:
-            upstream.flow.pause_reading("client")
-        if upstream.flow.write_paused:
-            client.flow.pause_reading("upstream")
+        couple(client.flow, upstream.flow)
         proxy.tunnels.add(self)
         proxy.metrics.open_websockets.inc()
         self.opened = time.monotonic()
@@ -170,12 +167,10 @@ class Tunnel:
         self._end(None)
 
     def client_writable(self, writable: bool) -> None:
-        flow = self.upstream.flow
-        (flow.resume_reading if writable else flow.pause_reading)("client")
+        self.upstream.flow.peer_writable("client", writable)
 
     def upstream_writable(self, writable: bool) -> None:
-        flow = self.client.flow
-        (flow.resume_reading if writable else flow.pause_reading)("upstream")
+        self.client.flow.peer_writable("upstream", writable)
 
     def client_stalled(self) -> None:
         """The client left the proxy's frames unread past the send timeout: the upstream is told 1001."""
