@@ -51,7 +51,7 @@ def logged_trace_id(proxy: Process, session_id: str, timeout: float = 10.0) -> i
     """The trace id (low 64 bits) the proxy's ``request`` log line names for the request of ``session_id``."""
     deadline = time.monotonic() + timeout
     while True:
-        for line in proxy.output().splitlines():
+        for line in proxy.complete_lines():
             if session_id in line and line.startswith("{"):
                 record = json.loads(line)
                 if record.get("event") == "request" and record.get("session_id") == session_id:

@@ -19,7 +19,7 @@ def wait_for_line(process: Process, event: str, level: str | None = None) -> Non
     """Bounded poll of the proxy's output until a JSON line with this event (prefix) and level appears."""
     deadline = time.monotonic() + HANG_GUARD
     while True:
-        lines = [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
+        lines = [json.loads(line) for line in process.complete_lines() if line.startswith("{")]
         if any(str(line["event"]).startswith(event) and level in (None, line["level"]) for line in lines):
             return
         assert process.popen.poll() is None, process.output()

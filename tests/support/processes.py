@@ -54,6 +54,11 @@ class Process:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def complete_lines(self) -> list[str]:
+        """The output's finished lines: a running process may be half-way through writing the last one."""
+        output = self.output()
+        return output[: output.rfind("\n") + 1].splitlines()
+
 
 class ProcessFailed(RuntimeError):
     pass
