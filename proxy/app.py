@@ -10,10 +10,10 @@ from typing import Any
 import structlog
 
 from config.settings import Settings
+from proxy.access_log import log_request
 from proxy.flow import WriteBatch
 from proxy.headers import ForwardRules
 from proxy.inspection import InspectBudget
-from proxy.log import log_request
 from proxy.metrics import Metrics
 from proxy.ports import Abortable, GoingAway, RequestRecord
 from proxy.session import Extraction, SessionExtractor

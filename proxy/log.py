@@ -9,21 +9,20 @@ one warning, `datadog_agent_unreachable`, then the same records at debug level o
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import logging
 import sys
 import threading
-import time
 from collections.abc import MutableMapping
-from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 import structlog
 
 from config.settings import LogFormat, LogLevel
+from proxy import access_log
+from proxy.access_log import LineWriter, flush_logs
 
 logger = structlog.get_logger()
 
@@ -40,95 +39,6 @@ def _datadog_correlation(_: Any, __: str, event: MutableMapping[str, Any]) -> Mu
 
 def _orjson_dumps(event: Any, **_: Any) -> bytes:
     return orjson.dumps(event, default=str)
-
-
-class LineWriter:
-    """structlog's output: whole lines to stdout, buffered for a moment while the event loop runs.
-
-    A line per request written with a system call each would cost as much as forwarding the request; lines are
-    instead sent together at most every FLUSH_SECONDS (and at exit), like nginx's `access_log … flush=`.
-    """
-
-    FLUSH_SECONDS = 0.05
-    MAX_BUFFER = 256 * 1024
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
-        self._buffer: list[bytes] = []
-        self._size = 0
-        self._scheduled = False
-        self._lock = threading.Lock()  # ddtrace logs from its writer thread too
-
-    def msg(self, message: str | bytes) -> None:
-        line = (message.encode() if isinstance(message, str) else message) + b"\n"
-        with self._lock:
-            self._buffer.append(line)
-            self._size += len(line)
-            if self._scheduled and self._size < self.MAX_BUFFER:
-                return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no event loop in this thread (startup, exit, or another thread): write now
-            self.flush()
-            return
-        if self._size >= self.MAX_BUFFER:
-            self.flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            loop.call_later(self.FLUSH_SECONDS, self.flush)
-
-    debug = info = warning = warn = error = critical = exception = fatal = log = msg
-
-    def flush(self) -> None:
-        with self._lock:
-            self._scheduled = False
-            if not self._buffer:
-                return
-            data, self._buffer, self._size = b"".join(self._buffer), [], 0
-        try:
-            self._stream.write(data)
-            self._stream.flush()
-        except (OSError, ValueError):
-            pass  # stdout closed: nothing to write logs to, and never a reason to fail a request
-
-
-_writer: LineWriter | None = None
-_fast_json_level: int | None = None  # set when request lines may skip structlog's processor chain
-
-
-_stamp_second = -1
-_stamp_prefix = ""
-
-
-def _timestamp() -> str:
-    """ISO 8601 UTC with microseconds, as structlog's TimeStamper writes it; the date part is made once a second."""
-    global _stamp_second, _stamp_prefix
-    second, micro = divmod(time.time_ns() // 1000, 1_000_000)
-    if second != _stamp_second:
-        _stamp_second, _stamp_prefix = second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{_stamp_prefix}.{micro:06d}Z"
-
-
-def log_request(fields: dict[str, Any], *, warning: bool) -> None:
-    """The one `request` line per request. In JSON it is rendered directly, the same line structlog would write
-    (fields, event, level, timestamp) at a third of the cost; otherwise through structlog."""
-    level = logging.WARNING if warning else logging.INFO
-    if _fast_json_level is not None and _writer is not None:
-        if level >= _fast_json_level:
-            fields["event"] = "request"
-            fields["level"] = "warning" if warning else "info"
-            fields["timestamp"] = _timestamp()
-            _writer.msg(orjson.dumps(fields, default=str))
-        return
-    if warning:
-        logger.warning("request", **fields)
-    else:
-        logger.info("request", **fields)
-
-
-def flush_logs() -> None:
-    if _writer is not None:
-        _writer.flush()
 
 
 class AgentUnreachable(logging.Filter):
@@ -173,12 +83,19 @@ def _drop_ddtrace_stream_handlers() -> None:
     ddtrace_logger.propagate = True
 
 
+class _StructlogOutput:
+    """structlog's logger: the method named like each level writes the rendered line to the one LineWriter."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        self.msg = self.debug = self.info = self.warning = self.warn = writer.msg
+        self.error = self.critical = self.exception = self.fatal = self.log = writer.msg
+
+
 def configure_logging(level: LogLevel, fmt: LogFormat, *, trace_correlation: bool) -> None:
     """Configure structlog and route the standard library's loggers (aiohttp, ddtrace) through it."""
     numeric_level = logging.getLevelNamesMapping()[level.value.upper()]
     as_json = fmt is LogFormat.JSON or (fmt is LogFormat.AUTO and not sys.stderr.isatty())
 
-    global _writer, _fast_json_level
     shared: list[Any] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -190,15 +107,14 @@ def configure_logging(level: LogLevel, fmt: LogFormat, *, trace_correlation: boo
         if as_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
-    if _writer is not None:
-        _writer.flush()
-    writer = _writer = LineWriter(sys.stdout.buffer)
-    _fast_json_level = numeric_level if as_json and not trace_correlation else None
+    writer = LineWriter(sys.stdout.buffer)
+    access_log.use(writer, numeric_level if as_json and not trace_correlation else None)
+    output = _StructlogOutput(writer)
     atexit.register(writer.flush)
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=lambda *_: writer,
+        logger_factory=lambda *_: output,
         cache_logger_on_first_use=True,
     )
 

@@ -29,7 +29,7 @@ def prepare_shared_metrics() -> None:
 
 def _start_worker(settings: Settings, index: int, *, tracing_enabled: bool, listening_fd: int) -> int:
     """Fork worker `index`; it writes one byte to `listening_fd` once it listens on the proxy port."""
-    from proxy.log import flush_logs
+    from proxy.access_log import flush_logs
 
     flush_logs()  # or the child would write the parent's buffered lines again
     pid = os.fork()
