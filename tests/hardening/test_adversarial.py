@@ -1,6 +1,7 @@
 """Issue 17: what a client (or a misbehaving upstream) could do to the connection state of the core before it.
 
-Every test here failed on 22bc614 (the core before issue 17's rewrite) for the reason its docstring gives.
+Every test here failed on 22bc614 (the core before issue 17's rewrite) for the reason its docstring gives, except
+the bounds of what the fixes add (the lingering close's deadline), which say so.
 
 Each test drives the real proxy process from raw sockets and asserts what the user of that connection would see:
 an answer rather than a reset, a body that is complete or visibly cut, a slot that comes back, a request that is
@@ -329,6 +330,50 @@ def test_an_early_answer_reaches_a_client_that_uploads_blindly(
     finally:
         upstream.close()
     assert not failures, "\n".join(failures)
+
+
+def test_a_client_uploading_forever_after_an_early_answer_is_cut_after_the_linger(
+    running_proxy: ProxyFactory, upstream_loop: LoopThread
+) -> None:
+    """The lingering close is bounded by RUM_PROXY_LINGER_SECONDS: a client that reads the 413 and keeps uploading
+    a 1 GiB body (the proxy keeps reading and dropping it) is cut once the linger ends, however much it still
+    sends, and with MAX_CLIENT_CONNECTIONS=1 the next client is served after that. Every other deadline is far
+    away (60 s), so the cut is the linger's. (A bound of the fix: 22bc614 did not linger, it closed under the
+    answer, the tests above.)"""
+    upstream = scripted(upstream_loop, answer_uploads_early)
+    try:
+        proxy = running_proxy(
+            upstream.url,
+            MAX_CLIENT_CONNECTIONS=1,
+            LINGER_SECONDS=1,
+            IDLE_TIMEOUT_SECONDS=60,
+            BODY_READ_TIMEOUT_SECONDS=60,
+            UPSTREAM_KEEPALIVE_SECONDS=0,
+            extra_env={"RUM_PROXY_SEND_TIMEOUT_SECONDS": "60"},
+        )
+        chunk = b"u" * 65536
+        with Connection(proxy.port) as conn:
+            conn.send(
+                b"POST /upload/forever HTTP/1.1\r\nHost: agent\r\nContent-Type: application/octet-stream\r\n"
+                b"Content-Length: %d\r\n\r\n" % (1 << 30)
+            )
+            while not conn.readable():
+                conn.send(chunk)
+            answer = conn.read_response(method="POST")
+            assert answer.status == 413 and head_says_close(answer), (answer.status, answer.headers)
+            uploaded, cut = 0, None
+            deadline = time.monotonic() + GUARD
+            while cut is None and time.monotonic() < deadline:
+                try:
+                    conn.send(chunk)
+                    uploaded += len(chunk)
+                except OSError as exc:
+                    cut = exc
+        assert cut is not None, f"still taking the upload {GUARD} s after the answer ({uploaded} bytes)"
+        assert uploaded > 0, "cut at once: no lingering close, the client may lose the answer under a reset"
+        assert wait_served(proxy)[-1:] == [200], "the slot of the cut connection never came back"
+    finally:
+        upstream.close()
 
 
 # ---- item 7: each direction timed only while it is the one waited for -------------------------------------------
