@@ -15,7 +15,7 @@ import socket
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from aiohttp import WSMsgType, web
 
@@ -291,17 +291,15 @@ class RawConnectionLog:
     targets: list[str] = field(default_factory=list)
 
 
-class RawUpstream(Notifier):
-    """A raw asyncio upstream: `script(target)` decides the answer; records every connection and its requests."""
+class AsyncioUpstream(Notifier):
+    """A raw asyncio server on 127.0.0.1 in the test's LoopThread: its start, its close (every connection aborted,
+    every handler cancelled) and the tracking of its connections. Subclasses handle a connection in `_serve`."""
 
-    def __init__(self, loop: LoopThread, script: Callable[[str], RawAnswer]) -> None:
+    def __init__(self, loop: LoopThread) -> None:
         super().__init__()
         self.loop = loop
-        self.script = script
-        self.connections: list[RawConnectionLog] = []
         self.server: asyncio.Server | None = None
         self.port = 0
-        self._count = itertools.count()
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -309,9 +307,9 @@ class RawUpstream(Notifier):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> RawUpstream:
+    def start(self) -> Self:
         async def start() -> None:
-            self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+            self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20)
             self.port = self.server.sockets[0].getsockname()[1]
 
         self.loop.run(start())
@@ -330,56 +328,70 @@ class RawUpstream(Notifier):
 
         self.loop.run(close())
 
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            self._tasks.discard(task)
+            writer.close()
+
+
+class RawUpstream(AsyncioUpstream):
+    """A raw asyncio upstream: `script(target)` decides the answer; records every connection and its requests."""
+
+    def __init__(self, loop: LoopThread, script: Callable[[str], RawAnswer]) -> None:
+        super().__init__(loop)
+        self.script = script
+        self.connections: list[RawConnectionLog] = []
+        self._count = itertools.count()
+
     def requests(self) -> list[str]:
         return [target for conn in self.connections for target in conn.targets]
 
     def connection_of(self, target: str) -> int:
         return next(conn.index for conn in self.connections if target in conn.targets)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         log = RawConnectionLog(next(self._count))
         self.connections.append(log)
-        self._writers.add(writer)
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         self.changed()
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                target = lines[0].split(" ")[1]
-                length = next(
-                    (int(v) for k, _, v in (x.partition(":") for x in lines) if k.lower() == "content-length"), 0
-                )
-                if length:
-                    await reader.readexactly(length)
-                log.targets.append(target)
-                self.changed()
-                answer = self.script(target)
-                writer.write(answer.data)
-                await writer.drain()
-                if answer.delay:
-                    await asyncio.sleep(answer.delay)
-                if answer.then == "close":
-                    writer.close()
-                    return
-                if answer.then == "reset":
-                    sock = writer.get_extra_info("socket")
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                    writer.transport.abort()
-                    return
-                if answer.then == "hang":
-                    await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            pass
-        finally:
-            self._writers.discard(writer)
-            self._tasks.discard(task)
-            writer.close()
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            lines = head.decode("latin-1").split("\r\n")
+            target = lines[0].split(" ")[1]
+            length = next((int(v) for k, _, v in (x.partition(":") for x in lines) if k.lower() == "content-length"), 0)
+            if length:
+                await reader.readexactly(length)
+            log.targets.append(target)
+            self.changed()
+            answer = self.script(target)
+            writer.write(answer.data)
+            await writer.drain()
+            if answer.delay:
+                await asyncio.sleep(answer.delay)
+            if answer.then == "close":
+                writer.close()
+                return
+            if answer.then == "reset":
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                writer.transport.abort()
+                return
+            if answer.then == "hang":
+                await asyncio.Event().wait()
 
 
 def closed_port() -> int:
@@ -407,45 +419,15 @@ async def read_request_head(reader: asyncio.StreamReader) -> tuple[str, dict[str
     return lines[0].split(" ")[1], headers
 
 
-class ScriptedUpstream(Notifier):
+class ScriptedUpstream(AsyncioUpstream):
     """A raw asyncio upstream whose every connection runs `handler(reader, writer)`: for faults a request/answer
     script cannot express (answering before reading the body, reading slowly, bytes after the response).
     `state` is free for handlers to record into; call `changed()` after, so tests can `wait_for` it."""
 
     def __init__(self, loop: LoopThread, handler: Handler) -> None:
-        super().__init__()
-        self.loop = loop
+        super().__init__(loop)
         self.handler = handler
         self.state: dict[str, Any] = {}
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ScriptedUpstream:
-        async def start() -> None:
-            self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20)
-            self.port = self.server.sockets[0].getsockname()[1]
-
-        self.loop.run(start())
-        return self
-
-    def close(self) -> None:
-        async def close() -> None:
-            if self.server is not None:
-                self.server.close()
-                for writer in list(self._writers):
-                    writer.transport.abort()
-                for task in list(self._tasks):
-                    task.cancel()
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-                await self.server.wait_closed()
-
-        self.loop.run(close())
 
     def record(self, key: str, value: Any = 1) -> None:
         """Add `value` to the counter or list under `key` and wake waiters (call from a handler)."""
@@ -456,16 +438,5 @@ class ScriptedUpstream(Notifier):
             self.state.setdefault(key, []).append(value)
         self.changed()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            await self.handler(reader, writer)
-        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._writers.discard(writer)
-            self._tasks.discard(task)
-            writer.close()
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.handler(reader, writer)
