@@ -380,7 +380,7 @@ def downstream_response_head(
         if lower == b"content-length" and not keep_length:
             continue
         lines.append(name + b": " + value)
-    if connection and (named := set(_tokens(connection)) - HOP_BY_HOP):
+    if connection and _names_fields(connection) and (named := set(_tokens(connection)) - HOP_BY_HOP):
         # The fields the upstream's Connection named are hop-by-hop too (RFC 9110 §7.6.1), wherever they came.
         lines[1:] = [line for line in lines[1:] if line.partition(b":")[0].lower() not in named]
     if plan is not None:
@@ -396,3 +396,10 @@ def downstream_response_head(
 
 
 _CHUNKED = b"transfer-encoding: chunked"
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close"})
+
+
+def _names_fields(connection: list[bytes]) -> bool:
+    """Whether a Connection field may name other fields: not the one `keep-alive` or `close` nearly every upstream
+    sends (a shortcut past splitting it into tokens on every response)."""
+    return len(connection) != 1 or connection[0].strip() not in _PLAIN_CONNECTION

@@ -52,7 +52,7 @@ class Propagation:
 def new_trace_ids() -> tuple[int, int]:
     """A Datadog 128-bit trace id as (high, low): high = unix seconds << 32, low = 63 random bits, never 0."""
     # Trace ids identify, they protect nothing: a fast non-cryptographic generator is the tracers' own choice.
-    return int(time.time()) << 32, random.getrandbits(63) | 1  # noqa: S311
+    return time.time_ns() // 1_000_000_000 << 32, random.getrandbits(63) | 1  # noqa: S311
 
 
 def _first(index: Mapping[bytes, Sequence[bytes]], name: bytes) -> bytes | None:
