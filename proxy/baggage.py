@@ -11,6 +11,9 @@ SESSION_KEY = "session.id"
 SESSION_KEY_BYTES = b"session.id"
 MAX_MEMBERS = 64  # W3C baggage §3.3.3 limits
 MAX_BYTES = 8192
+# `ord(...) in data`, not `b"..." in data`: CPython's bytes-in-bytes test raises and clears a TypeError inside first.
+_PERCENT = ord("%")
+_SEMICOLON = ord(";")
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # baggage-octet: printable US-ASCII except DQUOTE, comma, semicolon, backslash; plus percent-encoding.
@@ -65,16 +68,17 @@ def _session_value(member: bytes) -> bytes | None:
     """
     key, _, rest = member.partition(b"=")
     key = key.partition(b";")[0]
-    if b"%" in key:
+    if _PERCENT in key:
         key = unquote_to_bytes(key)
     if key.strip() != SESSION_KEY_BYTES:
         return None
     value = rest.partition(b";")[0].strip()
-    return unquote_to_bytes(value) if b"%" in value else value
+    return unquote_to_bytes(value) if _PERCENT in value else value
 
 
-def _may_carry_session(value: bytes) -> bool:
-    return SESSION_KEY_BYTES in value or b"%" in value  # a key can be percent-encoded
+def may_carry_session(value: bytes) -> bool:
+    """Whether a baggage value may hold `session.id` (a cheap test: a key can be percent-encoded)."""
+    return _PERCENT in value or value.find(SESSION_KEY_BYTES) >= 0
 
 
 def with_session(values: Sequence[bytes], session_id: bytes | None) -> bytes | None:
@@ -86,7 +90,7 @@ def with_session(values: Sequence[bytes], session_id: bytes | None) -> bytes | N
     """
     if not values:
         return SESSION_KEY_BYTES + b"=" + session_id if session_id is not None else None
-    if session_id is None and not any(_may_carry_session(value) for value in values):
+    if session_id is None and not any(may_carry_session(value) for value in values):
         return b",".join(values)
     kept = [raw for value in values for member in value.split(b",") if (raw := member.strip(b" \t"))]
     kept = [member for member in kept if _session_value(member) is None]
@@ -102,11 +106,11 @@ def only_session(values: Sequence[bytes], session_id: bytes | None) -> bytes | N
     """Baggage the proxy passes through (RUM_PROXY_PROPAGATE_BAGGAGE=false): as it came, but for the members
     a reader could take for a `session.id` other than the validated one, which are removed."""
     joined = b",".join(values)
-    if not _may_carry_session(joined):
+    if not may_carry_session(joined):
         return joined or None
     kept = []
     for member in joined.split(b","):
         value = _session_value(member)
-        if value is None or value == session_id and b";" not in member:  # as every reader reads it
+        if value is None or value == session_id and _SEMICOLON not in member:  # as every reader reads it
             kept.append(member)
     return b",".join(kept) if any(member.strip(b" \t") for member in kept) else None

@@ -7,7 +7,7 @@ import hashlib
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 
-from proxy.baggage import only_session, with_session
+from proxy.baggage import may_carry_session, only_session, with_session
 from proxy.http1 import BODY_RECHUNK, BODY_TUNNEL, ResponsePlan
 from proxy.trace_context import SESSION_MARK, tags_with_session, tracestate_with_session
 
@@ -62,6 +62,9 @@ _INDEXED = frozenset(
 _SESSION_CARRIERS = frozenset({b"x-datadog-tags", b"tracestate", b"baggage"})
 LEGACY_BAGGAGE_SESSION = b"ot-baggage-session.id"
 _NOTHING: frozenset[bytes] = frozenset()
+# Byte tests on the request path are written `ord(...) in data` or `data.find(...) >= 0`: CPython's `bytes in bytes`
+# first tries the needle as an integer and raises and clears a TypeError inside, ~8x the cost of a memchr.
+_UNDERSCORE = ord("_")
 _HOST = frozenset({b"host"})
 
 
@@ -203,12 +206,12 @@ def forwards_to_itself(head: RequestHead, via_token: bytes) -> bool:
     """Whether the request already went through this proxy: its Via names the proxy's own pseudonym (a loop, e.g.
     an upstream URL that resolves to the proxy itself). The caller answers 508 Loop Detected."""
     via = head.index.get(b"via")
-    return via is not None and any(via_token in value for value in via)
+    return via is not None and any(value.find(via_token) >= 0 for value in via)
 
 
 def request_authority(target: bytes) -> bytes | None:
     """The host[:port] of an absolute-form request target (RFC 9112 §3.2.2), None for any other form."""
-    if target[:1] == b"/" or b"://" not in target:
+    if target[:1] == b"/" or target.find(b"://") < 0:
         return None
     scheme, _, rest = target.partition(b"://")
     if scheme.lower() not in (b"http", b"https"):
@@ -254,7 +257,7 @@ def upstream_request_head(
     lines = [b"%s %s HTTP/1.1" % (head.method, target)]
     for name, value in head.headers:
         lower = name.lower()
-        if lower in dropped or (b"_" in lower and _normalized(lower) in underscore):
+        if lower in dropped or (_UNDERSCORE in lower and _normalized(lower) in underscore):
             continue
         if scrub and lower in _SESSION_CARRIERS:
             kept = _without_foreign_session(lower, value, sid)
@@ -303,7 +306,7 @@ def _carries_foreign_session(index: Mapping[bytes, Sequence[bytes]], carriers: S
     """Whether a session carrier passed through from the client may hold a session (cheap substring tests)."""
     for name in carriers:
         for value in index.get(name, ()):
-            if SESSION_MARK in value or (name == b"baggage" and (b"session.id" in value or b"%" in value)):
+            if value.find(SESSION_MARK) >= 0 or (name == b"baggage" and may_carry_session(value)):
                 return True
     return False
 

@@ -68,7 +68,7 @@ def _log_id(high: int, low: int) -> str:
 
 def _carries_session(key: bytes) -> bool:
     # Any key a tracer could read as the session, spelled with stray spaces or a prefix: removed, never guessed at.
-    return SESSION_MARK in key
+    return key.find(SESSION_MARK) >= 0
 
 
 def tags_with_session(tags: bytes | None, sid: bytes | None) -> bytes | None:
@@ -76,7 +76,7 @@ def tags_with_session(tags: bytes | None, sid: bytes | None) -> bytes | None:
     or when adding it would break the length limit; every other tag kept. None when no tag remains."""
     if not tags:
         return LLMOBS_SESSION_TAG + b"=" + sid if sid is not None else None
-    if sid is None and SESSION_MARK not in tags:
+    if sid is None and tags.find(SESSION_MARK) < 0:
         return tags
     members = [m for m in tags.split(b",") if m.strip() and not _carries_session(m.partition(b"=")[0])]
     if sid is not None:
@@ -90,7 +90,7 @@ def tracestate_with_session(tracestate: Sequence[bytes], sid: bytes | None) -> b
     """tracestate with `t.llmobs_sid:<sid>` in the `dd` member, which moves to the front (W3C §3.3.1.1), or with
     no session field when `sid` is None or adding it would break the member's length limit. None when empty."""
     joined = b",".join(tracestate)
-    if sid is None and SESSION_MARK not in joined:
+    if sid is None and joined.find(SESSION_MARK) < 0:
         return joined or None
     dd_fields: list[bytes] = []
     others = []
