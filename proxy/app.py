@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
+from time import monotonic
 from typing import Any
 
 import structlog
@@ -42,11 +42,11 @@ class LogLimiter:
     def __init__(self, rate: float = 10.0) -> None:
         self._rate = rate
         self._tokens = rate
-        self._stamp = time.monotonic()
+        self._stamp = monotonic()
         self.suppressed = 0
 
     def allow(self) -> bool:
-        now = time.monotonic()
+        now = monotonic()
         self._tokens = min(self._rate, self._tokens + (now - self._stamp) * self._rate)
         self._stamp = now
         if self._tokens >= 1.0:
@@ -190,7 +190,7 @@ class Proxy:
             self.in_flight -= 1
             if not self.streams_by_function:
                 self.metrics.open_streams.dec()
-        duration = time.monotonic() - exchange.started
+        duration = monotonic() - exchange.started
         extraction = exchange.extraction
         source = str(extraction.source) if extraction.source is not None else "none"  # a StrEnum: its value
         self.metrics.count_request(exchange.status, source, duration)

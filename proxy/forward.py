@@ -14,7 +14,7 @@ reading — that is the connection's send timeout.
 
 from __future__ import annotations
 
-import time
+from time import monotonic, time
 from typing import Final
 from urllib.parse import parse_qsl
 
@@ -70,7 +70,7 @@ class Exchange(RequestRecord):
     def __init__(
         self, proxy: Proxy, client: Downstream, head: RequestHead, *, http11: bool, keep_alive: bool, websocket: bool
     ) -> None:
-        super().__init__(head, time.monotonic())
+        super().__init__(head, monotonic())
         self.proxy = proxy
         self.client = client
         self.flow: FlowControl = client.flow  # the client connection's, read natively on every event
@@ -163,7 +163,7 @@ class Exchange(RequestRecord):
     def receive_body(self, chunk: bytes) -> None:
         if self.response_state == RESPONSE_DONE:
             return
-        self._last_body = time.monotonic()
+        self._last_body = monotonic()
         inspection = self._inspection
         if inspection is not None:
             reason = inspection.add(chunk)
@@ -196,7 +196,7 @@ class Exchange(RequestRecord):
         elif self._chunked_in:
             self._write_upstream(_CHUNK_END)
         self.request_state = REQUEST_SENT
-        self._last_upstream = time.monotonic()  # from now on the upstream owes the answer
+        self._last_upstream = monotonic()  # from now on the upstream owes the answer
 
     def _streamed_framing(self) -> bytes:
         if self._chunked_in:
@@ -212,7 +212,7 @@ class Exchange(RequestRecord):
     def _find_session(self, body: tuple[bytes | None, str | None] | None) -> Extraction:
         proxy, head = self.proxy, self.head
         content, kind = body if body is not None else (None, None)
-        parts = RequestParts(head, _Query(head.query), content, kind, int(time.time() * 1000))
+        parts = RequestParts(head, _Query(head.query), content, kind, int(time() * 1000))
         extraction = proxy.extractor.extract(parts)
         for source in extraction.rejected:
             proxy.metrics.count_invalid(str(source))
@@ -235,7 +235,7 @@ class Exchange(RequestRecord):
             websocket=self.websocket,
         )
         connection = None if self.websocket else proxy.pool.take_idle()
-        self._last_upstream = time.monotonic()
+        self._last_upstream = monotonic()
         if connection is not None:
             self._use(connection)
             self._write_upstream(upstream_head)
@@ -293,7 +293,7 @@ class Exchange(RequestRecord):
     def on_response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep: bool) -> None:
         if self.response_state != RESPONSE_WAITING:
             return
-        self._last_upstream = time.monotonic()
+        self._last_upstream = monotonic()
         client = self.client
         if status < 200 and status != 101:
             if forwards_interim(status, self.http11):  # 103 Early Hints and the like (RFC 9110 §15.2)
@@ -343,7 +343,7 @@ class Exchange(RequestRecord):
     def on_response_body(self, chunk: bytes) -> None:
         if self.response_state != RESPONSE_STREAMING:
             return
-        self._last_upstream = time.monotonic()
+        self._last_upstream = monotonic()
         if self._plan.body == BODY_RECHUNK:
             self.client.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         else:
@@ -409,14 +409,14 @@ class Exchange(RequestRecord):
 
     def upstream_writable(self, writable: bool) -> None:
         if writable:
-            self._last_upstream = time.monotonic()  # the upstream took our bytes: progress
+            self._last_upstream = monotonic()  # the upstream took our bytes: progress
         self.flow.peer_writable("upstream", writable)
 
     def client_writable(self, writable: bool) -> None:
         connection = self.upstream
         if connection is not None:
             if writable:
-                self._last_upstream = time.monotonic()  # the upstream's silence while we held it is not its fault
+                self._last_upstream = monotonic()  # the upstream's silence while we held it is not its fault
             connection.flow.peer_writable("client", writable)
 
     # ---- endings

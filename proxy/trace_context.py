@@ -21,10 +21,10 @@ about (issue 17, item 13):
 
 from __future__ import annotations
 
-import random
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
+from random import getrandbits
+from time import time_ns
 
 LLMOBS_SESSION_TAG = b"_dd.p.llmobs_sid"
 TRACE_ID_HIGH_TAG = b"_dd.p.tid"
@@ -52,7 +52,7 @@ class Propagation:
 def new_trace_ids() -> tuple[int, int]:
     """A Datadog 128-bit trace id as (high, low): high = unix seconds << 32, low = 63 random bits, never 0."""
     # Trace ids identify, they protect nothing: a fast non-cryptographic generator is the tracers' own choice.
-    return time.time_ns() // 1_000_000_000 << 32, random.getrandbits(63) | 1  # noqa: S311
+    return time_ns() // 1_000_000_000 << 32, getrandbits(63) | 1  # noqa: S311
 
 
 def _first(index: Mapping[bytes, Sequence[bytes]], name: bytes) -> bytes | None:
@@ -111,7 +111,7 @@ def tracestate_with_session(tracestate: Sequence[bytes], sid: bytes | None) -> b
 
 
 def new_span_id() -> int:
-    return random.getrandbits(64) or 1  # noqa: S311 - an id, not a secret
+    return getrandbits(64) or 1  # noqa: S311 - an id, not a secret
 
 
 def propagate(
