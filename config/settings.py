@@ -173,7 +173,7 @@ class Settings(BaseSettings):
         60.0,
         gt=0,
         description="Longest time a client may leave the proxy's bytes unread (mid-response, or flushing before a "
-        "close); then the connection is reset.",
+        "close); then the connection is reset. In a WebSocket, the same for either end, agent included.",
     )
     linger_seconds: float = Field(
         5.0,

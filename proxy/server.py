@@ -466,7 +466,13 @@ class ClientConnection(asyncio.Protocol):
                 self.exchange.client_gone("client_send_timeout")
             self.abort()
             return
-        if state != OPEN or self.tunnel is not None:
+        if self.tunnel is not None:
+            upstream = self.tunnel.upstream.flow
+            if upstream.write_paused and now - upstream.write_paused_at >= limits.send_timeout:
+                logger.warning("upstream_send_timeout", timeout_seconds=limits.send_timeout, remote=self.remote)
+                self.tunnel.upstream_stalled()
+            return
+        if state != OPEN:
             return
         batch = proxy.batch
         batch.depth += 1

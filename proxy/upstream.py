@@ -98,6 +98,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.flow.write_paused = True
+        self.flow.write_paused_at = self.pool.now()
         if self.listener is not None:
             self.listener.upstream_writable(False)
 
@@ -209,6 +210,9 @@ class UpstreamPool:
         self._all: set[UpstreamConnection] = set()
         self._loop = asyncio.get_running_loop()
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def now(self) -> float:
+        return self._loop.time()
 
     def take_idle(self) -> UpstreamConnection | None:
         now = self._loop.time()

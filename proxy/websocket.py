@@ -176,6 +176,16 @@ class Tunnel:
         """The client left the proxy's frames unread past the send timeout: the upstream is told 1001."""
         self.client_lost()
 
+    def upstream_stalled(self) -> None:
+        """The agent left the client's frames unread past the send timeout: the client is told 1011 and the
+        upstream connection, whose buffer would never drain, is dropped."""
+        if self.closed:
+            return
+        if not self.to_client.close_seen and self.to_client.at_boundary:
+            self.client.write(close_frame(INTERNAL_ERROR, b"upstream stalled", masked=False))
+        self.upstream.discard()
+        self._end(None)
+
     # The rest of ResponseListener: a tunnel gets no HTTP events after the upgrade.
     def on_response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep: bool) -> None:
         pass

@@ -310,14 +310,18 @@ def websocket_connect(port: int, target: str, *, timeout: float = GUARD) -> tupl
     return conn, conn.read_head()
 
 
-def ws_send(conn: Connection, payload: bytes, opcode: int = 0x1) -> None:
-    """One masked, final frame (clients must mask, RFC 6455 §5.3); payloads under 64 KiB."""
+def ws_frame(payload: bytes, opcode: int = 0x2) -> bytes:
+    """One masked, final frame as a client sends it (clients must mask, RFC 6455 §5.3); payloads under 64 KiB."""
     mask = os.urandom(4)
     length = len(payload)
     header = bytes([0x80 | opcode]) + (
         bytes([0x80 | length]) if length < 126 else bytes([0x80 | 126]) + length.to_bytes(2, "big")
     )
-    conn.send(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def ws_send(conn: Connection, payload: bytes, opcode: int = 0x1) -> None:
+    conn.send(ws_frame(payload, opcode))
 
 
 def ws_receive(conn: Connection, timeout: float = GUARD) -> tuple[int, bytes] | None:

@@ -12,8 +12,10 @@ variables, so a core without them starts too.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import gzip
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -32,6 +34,9 @@ from tests.hardening.rawhttp import (
     exchange,
     send_until_blocked,
     small_window_connection,
+    websocket_connect,
+    ws_frame,
+    ws_receive,
 )
 from tests.hardening.upstreams import (
     LoopThread,
@@ -43,6 +48,7 @@ from tests.hardening.upstreams import (
 )
 
 MIB = 1 << 20
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 SSE_BODY = b"data: first\n\ndata: second\n\ndata: [DONE]\n\n"
 
 # The deadline the fix adds (issue 17 item 3): how long a client may leave the proxy's bytes unread, mid-response or
@@ -172,6 +178,55 @@ def test_a_client_that_does_not_read_holds_its_slot_only_until_a_deadline(
     with conn:
         statuses = wait_served(proxy)
     assert statuses[-1:] == [200], statuses[-5:]
+
+
+async def accept_websocket_then_stop_reading(
+    upstream: ScriptedUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Answers a WebSocket handshake with 101, then never reads again (an agent stuck in a handler); any other
+    request with 200 `next`."""
+    request = await read_request_head(reader)
+    if request is None:
+        return
+    key = request[1].get("sec-websocket-key")
+    if key is None:
+        writer.write(NEXT)
+        await writer.drain()
+        return
+    accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest())  # noqa: S324
+    writer.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+    await writer.drain()
+    upstream.record("upgraded")
+    await asyncio.Event().wait()
+
+
+def test_a_websocket_whose_agent_stops_reading_is_closed_after_the_send_timeout(
+    running_proxy: ProxyFactory, upstream_loop: LoopThread
+) -> None:
+    """The client of a WebSocket keeps sending frames; the agent accepted the upgrade and never reads. Once every
+    buffer on the way is full, the proxy stops reading the client (bounded memory), and after SEND_TIMEOUT_SECONDS
+    it ends the tunnel: a `upstream_send_timeout` line, the client gets a 1011 close frame or a reset, and the
+    slot serves the next client (MAX_CLIENT_CONNECTIONS=1). Before this, the tunnel held both connections for as
+    long as the client stayed."""
+    upstream = scripted(upstream_loop, accept_websocket_then_stop_reading)
+    try:
+        proxy = running_proxy(upstream.url, MAX_CLIENT_CONNECTIONS=1, IDLE_TIMEOUT_SECONDS=60, extra_env=CLOSE_ENV)
+        ws, handshake = websocket_connect(proxy.port, "/ws/stuck")
+        with ws:
+            assert handshake.status == 101
+            frame = ws_frame(b"m" * 60_000)
+            while send_until_blocked(ws.sock, frame, wait=0.5) == len(frame):
+                pass  # until the agent's, the proxy's and the kernel's buffers are all full
+            received = ws_receive(ws)  # the close frame, or None when the reset came first
+            assert received is None or received == (0x8, (1011).to_bytes(2, "big") + b"upstream stalled"), received
+            assert ws_receive(ws) is None and ws.ending in (Ending.EOF, Ending.RESET), f"tunnel not ended: {ws.ending}"
+        proxy.wait_for_lines(lambda _: bool(proxy.events("upstream_send_timeout")), what="upstream_send_timeout")
+        assert wait_served(proxy)[-1:] == [200], "the tunnel's slot never came back"
+    finally:
+        upstream.close()
 
 
 # ---- item 4: an upstream that answers before the request body is in -------------------------------------------
