@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Callable
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         from proxy.inject_cli import main as inject_main
 
         return inject_main(argv[1:])
+    # What the imports built lives as long as the process: frozen, no collection traverses it again. The start's one
+    # full collection otherwise walks all of it (~50k objects, about 15 ms of CPU to ready; issue 20).
+    gc.freeze()
     print_config = bool(argv) and build_parser().parse_args(argv).print_config
     try:
         settings = load_settings()
@@ -167,6 +171,7 @@ async def serve(
         compiled=compiled(),
         version=__version__,
     )
+    gc.freeze()  # so does what the start built: each full collection under load walks only the requests' objects
     if on_listening is not None:
         on_listening()
     publishing = None if admin else loop.create_task(_publish_metrics(proxy.metrics))
