@@ -6,7 +6,9 @@ of nginx answering `return 200`; after it is ready and has served a warm-up, ins
 one request at a time), then off. Instructions counted ÷ requests is the proxy's cost of a request, user space
 only (the kernel's share of a loopback write is not counted). Two trees in one run give an A/B:
 
-    .venv/bin/python bench/instructions.py --tree /tmp/before --tree . [--requests 2000]
+    .venv/bin/python bench/instructions.py --tree /tmp/before --tree . [--requests 2000] [--keep DIR]
+
+`--keep DIR` leaves each run's callgrind output in DIR, for `callgrind_annotate --inclusive=yes --tree=calling`.
 
 Needs valgrind and nginx (Debian: valgrind nginx-light). Traffic stays on loopback.
 """
@@ -76,7 +78,7 @@ def wait_ready(admin_port: int, process: subprocess.Popen[bytes], timeout: float
     raise RuntimeError("the proxy was not ready in time")
 
 
-def measure(tree: Path, upstream: int, requests: int, work: Path) -> tuple[int, str]:
+def measure(tree: Path, upstream: int, requests: int, work: Path) -> tuple[int, str, Path]:
     port, admin = free_port(), free_port()
     out = work / f"callgrind.{port}.out"
     env = {
@@ -110,13 +112,14 @@ def measure(tree: Path, upstream: int, requests: int, work: Path) -> tuple[int, 
     version = subprocess.run(
         [sys.executable, "-m", "proxy", "--version"], cwd=tree, env=env, capture_output=True, text=True
     ).stdout.strip()
-    return int(match.group(1).replace(",", "")), version
+    return int(match.group(1).replace(",", "")), version, out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tree", action="append", type=Path, help="source tree to run (repeat for an A/B)")
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--keep", type=Path, help="keep the callgrind output files in this directory")
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate", "nginx"):
         if shutil.which(tool) is None:
@@ -124,13 +127,18 @@ def main() -> int:
     trees = args.tree or [Path(__file__).resolve().parent.parent]
     with tempfile.TemporaryDirectory(prefix="rum-proxy-instructions-") as directory:
         work = Path(directory)
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            work = args.keep
         upstream = free_port()
         (work / "nginx.conf").write_text(NGINX.format(dir=work, port=upstream))
         nginx = subprocess.Popen(["nginx", "-c", str(work / "nginx.conf")], stderr=subprocess.DEVNULL)
         try:
             for tree in trees:
-                total, version = measure(tree.resolve(), upstream, args.requests, work)
+                total, version, out = measure(tree.resolve(), upstream, args.requests, work)
                 print(f"{total / args.requests:10,.0f} instructions/request  {tree}  ({version})")
+                if args.keep is not None:
+                    print(f"{'':10}  callgrind output: {out}")
         finally:
             nginx.terminate()
             nginx.wait(timeout=10)
