@@ -99,16 +99,7 @@ def runtime(instructions: list[Instruction]) -> list[Instruction]:
     return stages(instructions)[-1]
 
 
-MINIMAL_APP = """\
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: app, labels: {rum-llmobs-proxy/inject: "true"}}
-spec:
-  selector: {matchLabels: {app: app}}
-  template:
-    metadata: {labels: {app: app}}
-    spec: {containers: [{name: app, image: example/app:1, ports: [{containerPort: 8000}]}]}
-"""
+MINIMAL_APP = (Path(__file__).parent / "fixtures" / "minimal-app.yaml").read_text()
 
 
 def _injected_init_containers() -> list[dict[str, Any]]:

@@ -46,16 +46,7 @@ LLM_PORT = 8002  # the fake LLM, on the pod's loopback
 AGENT_PORT = 8000  # the example agent, on the pod's loopback: only the proxy reaches it
 
 # What `rum-llmobs-proxy inject` is given in the inject test: one agent Deployment that opts in.
-MINIMAL_APP = """\
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: app, labels: {rum-llmobs-proxy/inject: "true"}}
-spec:
-  selector: {matchLabels: {app: app}}
-  template:
-    metadata: {labels: {app: app}}
-    spec: {containers: [{name: app, image: example/app:1, ports: [{containerPort: 8000}]}]}
-"""
+MINIMAL_APP = (Path(__file__).parent.parent / "deploy" / "fixtures" / "minimal-app.yaml").read_text()
 
 
 def podman(
