@@ -17,13 +17,14 @@ own exceptions, so the host application never sees one.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import logging
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
@@ -212,6 +213,18 @@ def _restore_trace(previous: object) -> None:
         _log_error_once("trace continuation")
 
 
+@contextlib.contextmanager
+def _request_scope(get_header: Callable[[str], str | None], names: Iterable[str]) -> Iterator[None]:
+    """A request handled in this context: its session ID and its incoming trace context, both undone after it."""
+    token = _request.set(_safe_request_session(get_header))
+    previous = _continue_trace(get_header, names)
+    try:
+        yield
+    finally:
+        _restore_trace(previous)
+        _request.reset(token)
+
+
 def _on_span_start(span: Span) -> None:
     """Runs before LLMObs activates the span (SpanProcessor.on_span_start precedes trace.span_start)."""
     try:
@@ -271,13 +284,8 @@ def _patch_aiohttp(module: ModuleType) -> None:
 
         @functools.wraps(original)
         async def _handle(self: Any, request: Any) -> Any:
-            token = _request.set(_safe_request_session(request.headers.get))
-            previous = _continue_trace(request.headers.get, request.headers.keys())
-            try:
+            with _request_scope(request.headers.get, request.headers.keys()):
                 return await original(self, request)
-            finally:
-                _restore_trace(previous)
-                _request.reset(token)
 
         _handle.__rum_llmobs_hook__ = True  # type: ignore[attr-defined]
         app_class._handle = _handle
@@ -335,13 +343,8 @@ def _patch_asgi(module: ModuleType) -> None:
             headers = _untraced_websocket_headers(self, scope)
             if headers is None:
                 return await original(self, scope, receive, send)
-            token = _request.set(_safe_request_session(headers.get))
-            previous = _continue_trace(headers.get, headers.keys())
-            try:
+            with _request_scope(headers.get, headers.keys()):
                 return await original(self, scope, receive, send)
-            finally:
-                _restore_trace(previous)
-                _request.reset(token)
 
         __call__.__rum_llmobs_hook__ = True  # type: ignore[attr-defined]
         middleware.__call__ = __call__
