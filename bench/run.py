@@ -242,14 +242,19 @@ def running(
             time.sleep(0.05)  # poll interval of a bounded readiness loop
         yield popen
     finally:
+        stop_group(popen)
+
+
+def stop_group(popen: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group ``popen`` leads (started with start_new_session); SIGKILL it after 30 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(popen.pid, signal.SIGTERM)
+    try:
+        popen.wait(timeout=30)
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGTERM)
-        try:
-            popen.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(popen.pid, signal.SIGKILL)
-            popen.wait()
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
 
 
 def _stat_fields(pid: int) -> list[str]:

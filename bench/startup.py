@@ -28,7 +28,6 @@ import math
 import os
 import re
 import shlex
-import signal
 import socket
 import statistics
 import subprocess
@@ -52,6 +51,7 @@ from run import (  # noqa: E402  (bench/run.py, imported as a sibling script)
     hold_streams,
     measure,
     process_tree,
+    stop_group,
 )
 
 from tests.support.processes import free_port  # noqa: E402  (bench/run.py puts the repository on sys.path)
@@ -149,13 +149,7 @@ def started(argv: Sequence[str], env: dict[str, str], port: int, settle: float) 
         time.sleep(settle)  # idle means after start, once what the start scheduled has run
         yield ready, cpu, popen.pid
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGTERM)
-        try:
-            popen.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(popen.pid, signal.SIGKILL)
-            popen.wait()
+        stop_group(popen)
         if popen.stderr:
             popen.stderr.close()
 
